@@ -1,0 +1,64 @@
+# Set-up contract: `make run`, `make test`, `make install` (leaves .venv/bin/sensor).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+# Build: clang/llvm/libbpf-dev/bpftool; run time: libbpf1; tests: the tools they drive.
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv procps util-linux
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/ppc64le/powerpc/' \
+	-e 's/s390x/s390/' -e 's/riscv64/riscv/')
+BPF_SRC := $(wildcard bpf/*.bpf.c)
+BPF_OBJ := $(patsubst bpf/%.bpf.c,sensor/bpf/%.bpf.o,$(BPF_SRC))
+BPF_HDR := $(wildcard bpf/*.h bpf/lib/*.h)
+VMLINUX := build/vmlinux.h
+BPF_CFLAGS := -O2 -g -Wall -target bpf -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf
+
+.PHONY: run install test deps bpf venv bench clean mounts
+
+run: install mounts
+	$(VENV)/bin/sensor run $(ARGS)
+
+install: deps bpf venv
+
+test: install mounts
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: install mounts
+	$(VPY) bench/run.py
+
+# Debian packages, installed only when one is missing.
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+# The kernel's virtual filesystems the sensor and its checks read.
+mounts:
+	@mountpoint -q /sys/kernel/tracing || $(SUDO) mount -t tracefs nodev /sys/kernel/tracing || true
+	@mountpoint -q /sys/kernel/debug || $(SUDO) mount -t debugfs nodev /sys/kernel/debug || true
+	@mountpoint -q /sys/kernel/security || $(SUDO) mount -t securityfs nodev /sys/kernel/security || true
+	@mountpoint -q /sys/fs/bpf || $(SUDO) mount -t bpf bpf /sys/fs/bpf || true
+
+$(VMLINUX):
+	@mkdir -p build
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+sensor/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDR) $(VMLINUX)
+	clang $(BPF_CFLAGS) -c $< -o $@
+
+bpf: $(BPF_OBJ)
+
+$(VPY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(VPY)
+	@$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+
+clean:
+	rm -rf build sensor/bpf/*.bpf.o dist *.egg-info

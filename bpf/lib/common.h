@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Helpers shared by every program: the ring buffer, loss counting, self-exclusion. */
+#ifndef __SENSOR_COMMON_H
+#define __SENSOR_COMMON_H
+
+#include "../sensor.h"
+
+/* Set by the loader before load. 0 wakes the reader on every record; otherwise the reader is
+ * woken only once this many bytes wait, and polls on a short timer for the rest (a wakeup per
+ * record costs more than the tracing itself on syscall storms). */
+const volatile __u64 wakeup_bytes = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/* Failed reserves per event type: loss is never silent. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 8);
+	__type(key, __u32);
+	__type(value, __u64);
+} lost SEC(".maps");
+
+/* The sensor's own processes (tgid -> 1): never traced. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} ignored_tgids SEC(".maps");
+
+static __always_inline void count_lost(__u32 type)
+{
+	__u64 *n = bpf_map_lookup_elem(&lost, &type);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline bool ignored(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&ignored_tgids, &tgid) != NULL;
+}
+
+static __always_inline __u64 submit_flags(void)
+{
+	if (!wakeup_bytes)
+		return 0;
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ?
+		       BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline void fill_header(struct event_header *hdr, __u32 type, __u32 size,
+					struct task_struct *task)
+{
+	hdr->ts_ns = bpf_ktime_get_boot_ns();
+	hdr->type = type;
+	hdr->size = size;
+	hdr->pid = BPF_CORE_READ(task, tgid);
+	hdr->tid = BPF_CORE_READ(task, pid);
+	hdr->cpu = bpf_get_smp_processor_id();
+	hdr->_pad = 0;
+}
+
+/* /proc/PID/stat reports start_boottime (since 5.5; real_start_time before), so entity ids made
+ * from the kernel's events and from a /proc snapshot agree. */
+struct task_struct___pre55 {
+	u64 real_start_time;
+} __attribute__((preserve_access_index));
+
+static __always_inline __u64 task_start_ns(struct task_struct *task)
+{
+	struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+
+	if (bpf_core_field_exists(leader->start_boottime))
+		return BPF_CORE_READ(leader, start_boottime);
+	return BPF_CORE_READ((struct task_struct___pre55 *)leader, real_start_time);
+}
+
+#endif /* __SENSOR_COMMON_H */

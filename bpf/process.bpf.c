@@ -1,0 +1,154 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/* Process lifecycle: exec, fork/clone, exit, from scheduler tracepoints (no kprobes needed). */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "sensor.h"
+#include "lib/common.h"
+#include "lib/path.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Thread creation is frequent and rarely wanted; off unless the loader asks. */
+const volatile bool trace_threads = false;
+
+/* Exec records are too large for the BPF stack: build them here, then copy out only the bytes
+ * used with bpf_ringbuf_output. */
+struct exec_scratch {
+	char buf[sizeof(struct exec_event) + EXEC_DATA_MAX + ARGS_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct exec_scratch);
+} exec_scratch SEC(".maps");
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 zero = 0, off = 0;
+	struct exec_scratch *s;
+	struct exec_event *e;
+	struct task_struct *parent;
+	struct mm_struct *mm;
+	bool truncated;
+	long n;
+
+	if (ignored(BPF_CORE_READ(p, tgid)))
+		return 0;
+	s = bpf_map_lookup_elem(&exec_scratch, &zero);
+	if (!s)
+		return 0;
+	e = (struct exec_event *)s->buf;
+
+	parent = BPF_CORE_READ(p, real_parent);
+	e->start_ns = task_start_ns(p);
+	e->parent_start_ns = task_start_ns(parent);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->ppid = BPF_CORE_READ(parent, tgid);
+	e->parent_tid = BPF_CORE_READ(parent, pid);
+	e->old_tid = old_pid;
+	e->uid = BPF_CORE_READ(p, real_cred, uid.val);
+	e->gid = BPF_CORE_READ(p, real_cred, gid.val);
+	e->euid = BPF_CORE_READ(p, real_cred, euid.val);
+	e->egid = BPF_CORE_READ(p, real_cred, egid.val);
+	/* loginuid/sessionid exist only with CONFIG_AUDIT(SYSCALL) */
+	e->loginuid = bpf_core_field_exists(p->loginuid) ? BPF_CORE_READ(p, loginuid.val) : -1;
+	e->sessionid = bpf_core_field_exists(p->sessionid) ? BPF_CORE_READ(p, sessionid) : -1;
+	e->argc = BPF_CORE_READ(bprm, argc);
+	e->flags = 0;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+
+	/* The new image's argv sits on its fresh stack, between arg_start and arg_end. */
+	mm = BPF_CORE_READ(p, mm);
+	__u64 arg_start = BPF_CORE_READ(mm, arg_start);
+	__u64 args_len = BPF_CORE_READ(mm, arg_end) - arg_start;
+	if (args_len > ARGS_MAX) {
+		args_len = ARGS_MAX;
+		e->flags |= FLAG_ARGS_TRUNCATED;
+	}
+	if (bpf_probe_read_user(e->data, args_len, (void *)arg_start) == 0)
+		off = args_len;
+	e->args_len = off;
+
+	n = bpf_probe_read_kernel_str(&e->data[off & (EXEC_DATA_MAX - 1)], FILENAME_MAX_LEN,
+				      BPF_CORE_READ(bprm, filename));
+	if (n > 0) {
+		if (n == FILENAME_MAX_LEN)
+			e->flags |= FLAG_FILENAME_TRUNCATED;
+		off += n;
+	}
+	e->filename_len = n > 0 ? n : 0;
+
+	struct file *exe = BPF_CORE_READ(mm, exe_file);
+	e->exe_len = read_path(&exe->f_path, e->data, &off, &truncated);
+	if (truncated)
+		e->flags |= FLAG_EXE_TRUNCATED;
+	struct fs_struct *fs = BPF_CORE_READ(p, fs);
+	e->cwd_len = read_path(&fs->pwd, e->data, &off, &truncated);
+	if (truncated)
+		e->flags |= FLAG_CWD_TRUNCATED;
+
+	__u64 size = sizeof(*e) + off;
+	barrier_var(size); /* keep clang from folding the bound check the verifier needs */
+	if (size > sizeof(*e) + EXEC_DATA_MAX)
+		size = sizeof(*e) + EXEC_DATA_MAX;
+	fill_header(&e->hdr, EVENT_EXEC, size, p);
+	if (bpf_ringbuf_output(&events, e, size, submit_flags()))
+		count_lost(EVENT_EXEC);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
+{
+	struct fork_event *e;
+	bool thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
+
+	if (thread && !trace_threads)
+		return 0;
+	if (ignored(BPF_CORE_READ(parent, tgid)))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost(EVENT_FORK);
+		return 0;
+	}
+	fill_header(&e->hdr, EVENT_FORK, sizeof(*e), parent);
+	e->start_ns = task_start_ns(child);
+	e->parent_start_ns = task_start_ns(parent);
+	e->child_pid = BPF_CORE_READ(child, tgid);
+	e->child_tid = BPF_CORE_READ(child, pid);
+	e->flags = thread ? FLAG_THREAD : 0;
+	e->uid = BPF_CORE_READ(child, real_cred, uid.val);
+	BPF_CORE_READ_STR_INTO(&e->comm, child, comm);
+	bpf_ringbuf_submit(e, submit_flags());
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_exit, struct task_struct *p)
+{
+	struct exit_event *e;
+
+	/* one record per process: the thread group leader's exit */
+	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
+		return 0;
+	if (ignored(BPF_CORE_READ(p, tgid)))
+		return 0;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count_lost(EVENT_EXIT);
+		return 0;
+	}
+	fill_header(&e->hdr, EVENT_EXIT, sizeof(*e), p);
+	e->start_ns = task_start_ns(p);
+	e->ppid = BPF_CORE_READ(p, real_parent, tgid);
+	e->exit_code = BPF_CORE_READ(p, exit_code);
+	BPF_CORE_READ_STR_INTO(&e->comm, p, comm);
+	bpf_ringbuf_submit(e, submit_flags());
+	return 0;
+}

@@ -1,0 +1,80 @@
+"""Reads BTF type info through libbpf: struct layouts and data-section variable offsets."""
+from __future__ import annotations
+
+import ctypes
+import os
+
+from . import libbpf
+
+BTF_KIND_STRUCT = 4
+BTF_KIND_DATASEC = 15
+
+
+class _Type(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("info", ctypes.c_uint32), ("size", ctypes.c_uint32)]
+
+
+class _Triple(ctypes.Structure):
+    # btf_member {name_off, type, offset} and btf_var_secinfo {type, offset, size} share a shape
+    _fields_ = [("a", ctypes.c_uint32), ("b", ctypes.c_uint32), ("c", ctypes.c_uint32)]
+
+
+class Btf:
+    """BTF of a compiled object (parsed from the ELF) or of a loaded bpf_object."""
+
+    def __init__(self, handle: int, owned: bool = True):
+        self._h, self._owned = handle, owned
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "Btf":
+        h = libbpf.lib().btf__parse(os.fsencode(path), None)
+        if not h:
+            raise libbpf.BpfLoadError(f"no BTF in {path}: {os.strerror(ctypes.get_errno())}")
+        return cls(h)
+
+    def close(self):
+        if self._owned and self._h:
+            libbpf.lib().btf__free(self._h)
+        self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _find(self, name: str, kind: int) -> tuple[int, _Type]:
+        b = libbpf.lib()
+        tid = b.btf__find_by_name_kind(self._h, name.encode(), kind)
+        if tid < 0:
+            raise KeyError(name)
+        return tid, _Type.from_address(b.btf__type_by_id(self._h, tid))
+
+    def _entries(self, t: _Type):
+        vlen = t.info & 0xFFFF
+        base = ctypes.addressof(t) + ctypes.sizeof(_Type)
+        return [_Triple.from_address(base + i * ctypes.sizeof(_Triple)) for i in range(vlen)]
+
+    def _name(self, off: int) -> str:
+        return libbpf.lib().btf__name_by_offset(self._h, off).decode()
+
+    def struct(self, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
+        """(size, {member: (byte offset, byte size)}) of `struct name`."""
+        b = libbpf.lib()
+        _, t = self._find(name, BTF_KIND_STRUCT)
+        kflag = t.info >> 31
+        members = {}
+        for m in self._entries(t):
+            bits = m.c & 0xFFFFFF if kflag else m.c
+            members[self._name(m.a)] = (bits // 8, max(b.btf__resolve_size(self._h, m.b), 0))
+        return t.size, members
+
+    def datasec(self, name: str) -> dict[str, tuple[int, int]]:
+        """{variable: (offset, size)} of a data section such as .rodata."""
+        b = libbpf.lib()
+        _, t = self._find(name, BTF_KIND_DATASEC)
+        out = {}
+        for v in self._entries(t):
+            var = _Type.from_address(b.btf__type_by_id(self._h, v.a))
+            out[self._name(var.name_off)] = (v.b, v.c)
+        return out

@@ -1,0 +1,53 @@
+"""The Python mirror of bpf/sensor.h: record layouts as numpy dtypes, and constants.
+
+tests/test_wire.py checks every dtype here against the BTF of the compiled objects.
+"""
+import numpy as np
+
+TASK_COMM_LEN = 16
+ARGS_MAX = 8192
+PATH_DEPTH_MAX = 32
+
+EVENT_EXEC, EVENT_FORK, EVENT_EXIT = 1, 2, 3
+EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit"}
+
+FLAG_ARGS_TRUNCATED = 1 << 0
+FLAG_FILENAME_TRUNCATED = 1 << 1
+FLAG_EXE_TRUNCATED = 1 << 2
+FLAG_CWD_TRUNCATED = 1 << 3
+FLAG_THREAD = 1 << 4
+FLAG_DATA_FULL = 1 << 5
+
+_HEADER = [
+    ("ts_ns", "<u8"), ("type", "<u4"), ("size", "<u4"),
+    ("pid", "<u4"), ("tid", "<u4"), ("cpu", "<u4"), ("_pad", "<u4"),
+]
+event_header = np.dtype(_HEADER)
+
+exec_event = np.dtype(_HEADER + [
+    ("start_ns", "<u8"), ("parent_start_ns", "<u8"), ("cgroup_id", "<u8"),
+    ("ppid", "<u4"), ("parent_tid", "<u4"), ("old_tid", "<u4"),
+    ("uid", "<u4"), ("gid", "<u4"), ("euid", "<u4"), ("egid", "<u4"),
+    ("loginuid", "<u4"), ("sessionid", "<u4"), ("argc", "<u4"), ("args_len", "<u4"),
+    ("filename_len", "<u2"), ("exe_len", "<u2"), ("cwd_len", "<u2"), ("flags", "<u2"),
+    ("comm", f"S{TASK_COMM_LEN}"), ("_pad2", "<u4"),
+])
+
+fork_event = np.dtype(_HEADER + [
+    ("start_ns", "<u8"), ("parent_start_ns", "<u8"),
+    ("child_pid", "<u4"), ("child_tid", "<u4"), ("flags", "<u4"), ("uid", "<u4"),
+    ("comm", f"S{TASK_COMM_LEN}"),
+])
+
+exit_event = np.dtype(_HEADER + [
+    ("start_ns", "<u8"), ("ppid", "<u4"), ("exit_code", "<u4"),
+    ("comm", f"S{TASK_COMM_LEN}"),
+])
+
+# C struct name -> dtype, for the layout test and for decoders.
+STRUCTS = {
+    "event_header": event_header,
+    "exec_event": exec_event,
+    "fork_event": fork_event,
+    "exit_event": exit_event,
+}
