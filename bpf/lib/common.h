@@ -10,6 +10,16 @@
  * record costs more than the tracing itself on syscall storms). */
 const volatile __u64 wakeup_bytes = 0;
 
+/* clang writes to BTF only the types a global uses (by value: pointers leave forward
+ * declarations); this never-read global keeps the wire structs in every object's BTF, so tests
+ * check sensor/wire.py against the compiled layout. exec_event ends in data[], so it goes last. */
+const volatile struct {
+	struct event_header header;
+	struct fork_event fork;
+	struct exit_event exit;
+	struct exec_event exec;
+} wire_anchor;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);

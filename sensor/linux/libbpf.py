@@ -213,10 +213,13 @@ class BpfObject:
         b = lib()
         return Map(b.bpf_map__fd(m), b.bpf_map__value_size(m), b.bpf_map__max_entries(m))
 
-    def close(self):
+    def detach(self):
         b = lib()
         while self._links:
             b.bpf_link__destroy(self._links.pop())
+
+    def close(self):
+        self.detach()
         if self._obj:
             b.bpf_object__close(self._obj)
             self._obj = None

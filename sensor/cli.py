@@ -1,0 +1,148 @@
+"""The `sensor` command: run, events, doctor."""
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+
+import orjson
+
+from . import __version__, config
+from .errors import SensorError
+
+log = logging.getLogger("sensor")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sensor", description="Endpoint telemetry sensor (eBPF/ETW).")
+    p.add_argument("--version", action="version", version=f"sensor {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="trace the host and store events")
+    run.add_argument("--config", metavar="FILE", help=f"YAML config (default: {config.DEFAULT_PATH} when present)")
+    config.add_flags(run)
+
+    ev = sub.add_parser("events", help="print stored events as JSON lines, in order")
+    ev.add_argument("--data-dir", default=config.OPTIONS["data_dir"][1])
+    ev.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    ev.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                    help="keep events whose dotted FIELD equals VALUE (repeatable: all must hold)")
+    ev.add_argument("--since", metavar="TIME",
+                    help="RFC 3339 time, Unix seconds, or an age like 30s, 10m, 2h, 1d")
+
+    doc = sub.add_parser("doctor", help="check what this kernel and machine allow")
+    doc.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"run": cmd_run, "events": cmd_events, "doctor": cmd_doctor}[args.command](args)
+    except SensorError as exc:
+        print(f"sensor: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_run(args) -> int:
+    cfg = config.resolve(args)
+    logging.basicConfig(level=cfg["log_level"].upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .pipeline import Pipeline
+
+    pipeline = Pipeline(cfg).start()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    console = cfg["console"] == "on" or (cfg["console"] == "auto" and sys.stdout.isatty())
+    print(f"sensor {__version__}: tracing {', '.join(s.name for s in pipeline.sources) or 'nothing'}"
+          f" into {pipeline.store.events_dir}; Ctrl-C stops", file=sys.stderr)
+    if console:
+        from .console import LiveSummary
+
+        summary = LiveSummary(pipeline)
+        pipeline.sinks.append(summary)
+        with summary:
+            pipeline.run(stop, cfg["duration"])
+    else:
+        pipeline.run(stop, cfg["duration"], on_health=_print_health)
+    h = pipeline.health()
+    lost = sum(s["lost_kernel"] + s["lost_user"] for s in h["sources"].values())
+    print(f"sensor: stopped; {pipeline.store.written:,} events stored, {lost:,} lost in the sensor,"
+          f" {pipeline.store.dropped:,} not stored", file=sys.stderr)
+    return 0
+
+
+def _print_health(h: dict):
+    parts = [f"{name}: {s['emitted']:,} events, {s['lost_kernel']:,} lost" for name, s in h["sources"].items()]
+    print(f"sensor: up {h['uptime_s']:,.0f}s; " + "; ".join(parts) +
+          f"; cpu {h['cpu_percent']}%, rss {h['rss_bytes'] >> 20} MiB", file=sys.stderr)
+
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+
+
+def parse_since(value: str) -> int:
+    """--since: an age (30s, 10m, 2h, 1d), Unix seconds, or an RFC 3339 time, as epoch ns."""
+    from .schema import parse_time
+
+    m = _AGE.match(value.strip())
+    if m:
+        secs = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time_ns() - int(secs * 1e9)
+    try:
+        return int(float(value) * 1e9)
+    except ValueError:
+        pass
+    try:
+        return parse_time(value)
+    except ValueError:
+        raise SensorError(f"--since {value!r}: expected e.g. 10m, 1732492800 or 2026-11-24T10:00:00Z") from None
+
+
+def _matches(event: dict, where: list[tuple[str, str]]) -> bool:
+    from .schema import get
+
+    for field, want in where:
+        value = get(event, field)
+        if isinstance(value, list):
+            if want not in [str(v) for v in value]:
+                return False
+        elif value is None or (str(value).lower() if isinstance(value, bool) else str(value)) != want:
+            return False
+    return True
+
+
+def cmd_events(args) -> int:
+    from .store import read_events
+
+    where = []
+    for w in args.where:
+        field, sep, value = w.partition("=")
+        if not sep or not field:
+            raise SensorError(f"--where {w!r}: expected FIELD=VALUE, e.g. process.name=bash")
+        where.append((field, value))
+    since = parse_since(args.since) if args.since else None
+    out = sys.stdout.buffer
+    try:
+        for event in read_events(args.data_dir, follow=args.follow, since_ns=since):
+            if _matches(event, where):
+                out.write(orjson.dumps(event) + b"\n")
+                if args.follow:
+                    out.flush()
+    except BrokenPipeError:
+        pass
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    checks = doctor.run_checks()
+    print(doctor.report(checks, as_json=args.json))
+    return doctor.exit_code(checks)

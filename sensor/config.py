@@ -1,0 +1,155 @@
+"""Configuration: the embedded defaults, the YAML file, and a command-line flag per option."""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+
+DEFAULT_PATH = Path("/etc/sensor/sensor.yaml")
+
+# option -> (type, default, help). Types: int, float, bool, str, "bytes" (int or "64MiB").
+OPTIONS: dict[str, tuple] = {
+    "data_dir": (str, "/var/lib/sensor", "where events and state are stored"),
+    "duration": (float, None, "stop after this many seconds (default: run until SIGTERM/SIGINT)"),
+    "health_interval": (float, 10.0, "seconds between sensor.health events"),
+    "poll_interval": (float, 0.1, "longest wait for kernel events before reading anyway"),
+    "console": (str, "auto", "live summary on the terminal: auto (when a TTY), on, off"),
+    "log_level": (str, "info", "debug, info, warning or error"),
+    "store.segment_bytes": ("bytes", 64 << 20, "rotate a segment after this many bytes"),
+    "store.segment_seconds": (float, 3600.0, "rotate a segment after this many seconds"),
+    "store.retention_bytes": ("bytes", 1 << 30, "delete the oldest segments beyond this total"),
+    "store.flush_interval": (float, 1.0, "seconds between flushes of the open segment"),
+    "process.enabled": (bool, True, "trace exec, fork and exit in the kernel"),
+    "process.ring_buffer_bytes": ("bytes", 4 << 20, "kernel ring buffer size (power of two)"),
+    "process.threads": (bool, False, "also report thread creation"),
+    "process.wakeup_bytes": ("bytes", None, "wake the reader when this much waits (default: a quarter of the buffer)"),
+}
+CHOICES = {"console": ("auto", "on", "off"), "log_level": ("debug", "info", "warning", "error")}
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
+          "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}
+
+
+def parse_bytes(value) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {value!r} (use e.g. 4096, 64MiB, 1GiB)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _coerce(name: str, value):
+    kind = OPTIONS[name][0]
+    if value is None:
+        return None
+    if kind == "bytes":
+        out = parse_bytes(value)
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {value!r}")
+        out = value
+    elif kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {value!r}")
+        out = kind(value)
+    else:
+        out = str(value)
+    if name in CHOICES and out not in CHOICES[name]:
+        raise ValueError(f"expected one of {', '.join(CHOICES[name])}, got {out!r}")
+    if kind in ("bytes", int, float) and out < 0:
+        raise ValueError(f"must not be negative, got {value!r}")
+    return out
+
+
+class Config(dict):
+    """Flat {dotted option: value}; `cfg.section("store")` gives {"segment_bytes": ...}."""
+
+    def section(self, prefix: str) -> dict:
+        return {k[len(prefix) + 1:]: v for k, v in self.items() if k.startswith(prefix + ".")}
+
+
+def defaults() -> Config:
+    return Config({name: copy.copy(spec[1]) for name, spec in OPTIONS.items()})
+
+
+def load_file(path: str | Path) -> dict:
+    """Options from a YAML file; errors name the file, line and reason."""
+    path = Path(path)
+    try:
+        source = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        root = yaml.compose(source, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if root is None:
+        return {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: expected a mapping of options")
+    out: dict = {}
+    _walk(path, root, "", out)
+    return out
+
+
+def _walk(path: Path, node: yaml.MappingNode, prefix: str, out: dict):
+    loader = yaml.SafeLoader("")
+    for key_node, value_node in node.value:
+        line = key_node.start_mark.line + 1
+        name = prefix + str(key_node.value)
+        if isinstance(value_node, yaml.MappingNode) and any(o.startswith(name + ".") for o in OPTIONS):
+            _walk(path, value_node, name + ".", out)
+            continue
+        if name not in OPTIONS:
+            raise ConfigError(f"{path}:{line}: unknown option {name!r}",
+                              hint="`sensor run --help` lists every option")
+        try:
+            out[name] = _coerce(name, loader.construct_object(value_node, deep=True))
+        except ValueError as exc:
+            raise ConfigError(f"{path}:{line}: {name}: {exc}") from None
+
+
+def add_flags(parser: argparse.ArgumentParser):
+    """One flag per option: store.segment_bytes -> --store-segment-bytes."""
+    group = parser.add_argument_group("options (also settable in the config file)")
+    for name, (kind, default, help_text) in OPTIONS.items():
+        flag = "--" + name.replace(".", "-").replace("_", "-")
+        dest = "opt:" + name
+        shown = f"{help_text} (default: {default})"
+        if kind is bool:
+            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                               default=None, help=shown)
+        else:
+            group.add_argument(flag, dest=dest, default=None, metavar=name.split(".")[-1].upper(),
+                               help=shown)
+
+
+def resolve(args: argparse.Namespace) -> Config:
+    """Defaults, then the config file (--config, or /etc/sensor/sensor.yaml when present), then flags."""
+    cfg = defaults()
+    path = getattr(args, "config", None)
+    if path:
+        cfg.update(load_file(path))
+    elif DEFAULT_PATH.exists():
+        cfg.update(load_file(DEFAULT_PATH))
+    for key, value in vars(args).items():
+        if key.startswith("opt:") and value is not None:
+            name = key[4:]
+            if OPTIONS[name][0] in (int, float) and isinstance(value, str):
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise ConfigError(f"--{name.replace('.', '-').replace('_', '-')}: expected a number, got {value!r}") from None
+            try:
+                cfg[name] = _coerce(name, value)
+            except ValueError as exc:
+                raise ConfigError(f"--{name.replace('.', '-').replace('_', '-')}: {exc}") from None
+    return cfg

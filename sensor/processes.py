@@ -1,0 +1,271 @@
+"""The process cache: entities seeded from /proc, kept current by exec/fork/exit records,
+and the one place where process records become schema events."""
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import psutil
+
+from .host import NS_PER_TICK, Host
+from .records import UNSET_ID, ProcessExec, ProcessExit, ProcessFork
+from .schema import exit_fields, rfc3339, text
+
+log = logging.getLogger("sensor.processes")
+
+
+@lru_cache(maxsize=1024)
+def user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        return None
+
+
+@lru_cache(maxsize=1024)
+def group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except (KeyError, OverflowError):
+        return None
+
+
+def _ids(uid: int | None) -> dict:
+    if uid is None:
+        return {}
+    name = user_name(uid)
+    return {"id": str(uid), "name": name} if name else {"id": str(uid)}
+
+
+def _gids(gid: int | None) -> dict:
+    if gid is None:
+        return {}
+    name = group_name(gid)
+    return {"id": str(gid), "name": name} if name else {"id": str(gid)}
+
+
+@dataclass(slots=True)
+class Proc:
+    pid: int
+    start_ns: int
+    entity_id: str
+    ppid: int | None = None
+    parent_entity_id: str | None = None
+    executable: str | None = None
+    name: str | None = None
+    args: list[str] | None = None
+    args_count: int | None = None
+    command_line: str | None = None
+    cwd: str | None = None
+    uid: int | None = None
+    euid: int | None = None
+    gid: int | None = None
+    egid: int | None = None
+    escaped: set[str] = field(default_factory=set)  # of: executable, args, cwd
+    truncated: set[str] = field(default_factory=set)
+
+    def set_image(self, executable, args: list, cwd, truncated=frozenset()):
+        self.escaped, self.truncated = set(), set(truncated)
+        self.executable = self._text("executable", executable)
+        self.name = os.path.basename(self.executable) if self.executable else None
+        self.args = [self._text("args", a) for a in args]
+        self.command_line = " ".join(self.args)
+        self.cwd = self._text("working_directory", cwd)
+
+    def _text(self, name: str, raw):
+        if raw is None:
+            return None
+        s, escaped = text(raw)
+        if escaped:
+            self.escaped.add(name)
+        return s
+
+    def ecs(self, host: Host, full: bool = True) -> dict:
+        d = {"pid": self.pid, "entity_id": self.entity_id, "start": rfc3339(host.unix_ns(self.start_ns))}
+        for key, value in (("executable", self.executable), ("name", self.name),
+                           ("args", self.args), ("args_count", self.args_count),
+                           ("command_line", self.command_line)):
+            if value is not None:
+                d[key] = value
+        if full:
+            if self.cwd is not None:
+                d["working_directory"] = self.cwd
+            if self.uid is not None:
+                d["real_user"] = _ids(self.uid)
+                d["user"] = _ids(self.euid)
+                d["real_group"] = _gids(self.gid)
+                d["group"] = _gids(self.egid)
+        return d
+
+    def flagged(self, prefix: str, which: set[str]) -> list[str]:
+        fields = sorted(which)
+        if "args" in which:
+            fields.append("command_line")
+        return [f"{prefix}.{f}" for f in fields]
+
+
+class ProcessTable:
+    """Live processes by pid, plus recently exited ones for late parent lookups."""
+
+    def __init__(self, host: Host, keep_exited: int = 4096):
+        self.host = host
+        self.live: dict[int, Proc] = {}
+        self.exited: OrderedDict[tuple[int, int], Proc] = OrderedDict()
+        self.keep_exited = keep_exited
+
+    def seed(self) -> int:
+        """Snapshots /proc so processes that started before the sensor have entities too."""
+        attrs = ["pid", "ppid", "exe", "cmdline", "cwd", "uids", "gids"]
+        for p in psutil.process_iter(attrs, ad_value=None):
+            info = p.info
+            start = _proc_start_ns(info["pid"])
+            if start is None:
+                continue
+            proc = self._new(info["pid"], start)
+            proc.ppid = info["ppid"]
+            ppid_start = _proc_start_ns(proc.ppid) if proc.ppid else None
+            if ppid_start is not None:
+                proc.parent_entity_id = self.host.entity_id(proc.ppid, ppid_start)
+            proc.set_image(info["exe"] or None, info["cmdline"] or [], info["cwd"])
+            proc.args_count = len(proc.args)
+            if info["uids"]:
+                proc.uid, proc.euid = info["uids"].real, info["uids"].effective
+            if info["gids"]:
+                proc.gid, proc.egid = info["gids"].real, info["gids"].effective
+            self.live[proc.pid] = proc
+        return len(self.live)
+
+    def _new(self, pid: int, start_ns: int) -> Proc:
+        return Proc(pid=pid, start_ns=start_ns, entity_id=self.host.entity_id(pid, start_ns))
+
+    def find(self, pid: int, start_ns: int | None = None) -> Proc | None:
+        proc = self.live.get(pid)
+        if proc and (start_ns is None or _same_start(proc.start_ns, start_ns)):
+            return proc
+        if start_ns is not None:
+            return self.exited.get((pid, start_ns // NS_PER_TICK))
+        return None
+
+    def handle(self, record) -> dict | None:
+        if isinstance(record, ProcessExec):
+            return self.on_exec(record)
+        if isinstance(record, ProcessFork):
+            return self.on_fork(record)
+        if isinstance(record, ProcessExit):
+            return self.on_exit(record)
+        return None
+
+    def on_exec(self, r: ProcessExec) -> dict:
+        proc = self.find(r.pid, r.start_ns) or self._new(r.pid, r.start_ns)
+        self.live[r.pid] = proc
+        proc.ppid = r.ppid
+        proc.parent_entity_id = self.host.entity_id(r.ppid, r.parent_start_ns)
+        proc.uid, proc.euid, proc.gid, proc.egid = r.uid, r.euid, r.gid, r.egid
+        exe = r.executable
+        if not exe:  # no mm->exe_file (rare): fall back to the name passed to execve
+            exe = r.filename if r.filename.startswith(b"/") or r.cwd is None else r.cwd.rstrip(b"/") + b"/" + r.filename
+        trunc = {"working_directory" if t == "cwd" else t for t in r.truncated if t != "filename"}
+        proc.set_image(exe, list(r.args), r.cwd, trunc)
+        proc.args_count = r.argc
+        event = self._event("exec", ["start"], proc, r.ppid, r.parent_start_ns, r.tid)
+        if r.filename != (r.executable or b""):  # a script, or a path through a symlink
+            event["process"]["filename"] = text(r.filename)[0]
+        if r.loginuid != UNSET_ID:
+            event["user"]["audit"] = _ids(r.loginuid)
+        if r.sessionid != UNSET_ID:
+            event["process"]["session_id"] = r.sessionid
+        if r.cgroup_id:
+            event["process"]["cgroup"] = {"id": r.cgroup_id}
+        return event
+
+    def on_fork(self, r: ProcessFork) -> dict:
+        parent = self.find(r.pid, r.parent_start_ns)
+        if r.thread:
+            proc = parent or self._new(r.pid, r.parent_start_ns)
+            event = self._event("thread-start", ["start"], proc, None, None, r.child_tid)
+            return event
+        child = self._new(r.child_pid, r.start_ns)
+        child.ppid, child.parent_entity_id = r.pid, self.host.entity_id(r.pid, r.parent_start_ns)
+        if parent:  # the child runs its parent's image until it execs
+            for attr in ("executable", "name", "args", "args_count", "command_line", "cwd",
+                         "uid", "euid", "gid", "egid", "escaped", "truncated"):
+                value = getattr(parent, attr)
+                setattr(child, attr, set(value) if isinstance(value, set) else value)
+        else:
+            child.name, child.uid = text(r.comm)[0], r.uid
+        self.live[r.child_pid] = child
+        return self._event("fork", ["start"], child, r.pid, r.parent_start_ns, r.child_tid)
+
+    def on_exit(self, r: ProcessExit) -> dict:
+        proc = self.find(r.pid, r.start_ns)
+        if proc is None:
+            proc = self._new(r.pid, r.start_ns)
+            proc.name = text(r.comm)[0]
+        self.live.pop(r.pid, None)
+        self.exited[(r.pid, r.start_ns // NS_PER_TICK)] = proc
+        while len(self.exited) > self.keep_exited:
+            self.exited.popitem(last=False)
+        event = self._event("exit", ["end"], proc, proc.ppid or r.ppid, None, r.pid)
+        event["process"].update(exit_fields(r.exit_code))
+        event["process"]["end"] = rfc3339(self.host.unix_ns(r.ts_ns))
+        event["event"]["duration"] = max(r.ts_ns - proc.start_ns, 0)
+        return event
+
+    def _parent(self, proc: Proc, ppid: int, parent_start_ns: int | None) -> tuple[dict, Proc | None]:
+        parent = self.find(ppid, parent_start_ns)
+        if parent and parent_start_ns is None and parent.entity_id != proc.parent_entity_id:
+            parent = None  # the pid was reused since
+        if parent:
+            return parent.ecs(self.host, full=False), parent
+        d = {"pid": ppid}
+        if parent_start_ns is not None:
+            d["entity_id"] = self.host.entity_id(ppid, parent_start_ns)
+            d["start"] = rfc3339(self.host.unix_ns(parent_start_ns))
+        elif proc.parent_entity_id:
+            d["entity_id"] = proc.parent_entity_id
+        return d, None
+
+    def _event(self, action: str, types: list[str], proc: Proc, ppid, parent_start_ns, tid) -> dict:
+        process = proc.ecs(self.host)
+        process["thread"] = {"id": tid}
+        escaped = proc.flagged("process", proc.escaped)
+        truncated = proc.flagged("process", proc.truncated)
+        if ppid:
+            process["parent"], parent = self._parent(proc, ppid, parent_start_ns)
+            if parent:
+                shown = {"executable", "args"}
+                escaped += parent.flagged("process.parent", parent.escaped & shown)
+                truncated += parent.flagged("process.parent", parent.truncated & shown)
+        event = {
+            "event": {"kind": "event", "category": ["process"], "type": types, "action": action,
+                      "dataset": "process", "module": "ebpf"},
+            "process": process,
+            "user": _ids(proc.euid),
+        }
+        if escaped or truncated:
+            flags = event["sensor"] = {}
+            if escaped:
+                flags["escaped"] = escaped
+            if truncated:
+                flags["truncated"] = truncated
+        return event
+
+
+def _same_start(a: int, b: int) -> bool:
+    return a // NS_PER_TICK == b // NS_PER_TICK
+
+
+def _proc_start_ns(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat (start_boottime in ticks), as ns; comm may hold spaces."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[19]) * NS_PER_TICK

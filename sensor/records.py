@@ -1,0 +1,59 @@
+"""What a platform backend hands the pipeline: small immutable records of kernel facts.
+
+Backends (eBPF on Linux, ETW on Windows, psutil polling) decode their wire formats into these;
+one place per record type (sensor.processes) turns them into the public schema.
+Strings from the kernel stay bytes here: they may not be UTF-8.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+UNSET_ID = 0xFFFFFFFF  # kernel's "no loginuid / no session"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExec:
+    ts_ns: int  # CLOCK_BOOTTIME
+    pid: int
+    tid: int
+    ppid: int
+    start_ns: int  # process start, CLOCK_BOOTTIME
+    parent_start_ns: int
+    uid: int
+    gid: int
+    euid: int
+    egid: int
+    argc: int
+    args: tuple[bytes, ...]
+    filename: bytes
+    executable: bytes | None
+    cwd: bytes | None
+    comm: bytes
+    loginuid: int = UNSET_ID
+    sessionid: int = UNSET_ID
+    cgroup_id: int = 0
+    truncated: frozenset[str] = field(default_factory=frozenset)  # args, filename, executable, cwd
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessFork:
+    ts_ns: int
+    pid: int  # the parent
+    tid: int
+    child_pid: int
+    child_tid: int
+    start_ns: int  # the child's
+    parent_start_ns: int
+    uid: int
+    comm: bytes
+    thread: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessExit:
+    ts_ns: int
+    pid: int
+    ppid: int
+    start_ns: int
+    exit_code: int  # raw wait status: (code << 8) | signal
+    comm: bytes

@@ -1,0 +1,114 @@
+"""The running sensor as a whole: health counts, loss accounting, shutdown under load."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import zstandard
+
+from conftest import wait_for
+
+
+def lost_in_kernel(sensor_pid: int) -> int:
+    """The kernel's own count of failed reserves, read with bpftool from the sensor's `lost` map."""
+    maps = json.loads(subprocess.run(["bpftool", "map", "show", "-j"], capture_output=True,
+                                     text=True, check=True).stdout)
+    (m,) = [m for m in maps if m.get("name") == "lost"
+            and any(p["pid"] == sensor_pid for p in m.get("pids", []))]
+    dump = json.loads(subprocess.run(["bpftool", "map", "dump", "id", str(m["id"]), "-j"],
+                                     capture_output=True, text=True, check=True).stdout)
+    total = 0
+    for entry in dump:
+        for v in entry.get("values", []):
+            value = v["value"]
+            total += value if isinstance(value, int) else int.from_bytes(bytes(int(b, 16) for b in value), "little")
+    return total
+
+
+def health_events(sensor):
+    return sensor.events(event__dataset="sensor.health")
+
+
+def test_ring_buffer_overflow_is_counted_exactly(start_sensor):
+    # a 4 KiB ring holds about ten exec records; stop the reader and exec far more
+    s = start_sensor("--process-ring-buffer-bytes", "4KiB", "--store-flush-interval", "0.2")
+    os.kill(s.pid, signal.SIGSTOP)
+    try:
+        for _ in range(150):
+            subprocess.run(["/bin/true"])
+    finally:
+        os.kill(s.pid, signal.SIGCONT)
+    before = lost_in_kernel(s.pid)
+    assert before > 0, "the test did not overflow the ring buffer"
+    t0 = time.time()
+
+    def fresh_health():
+        hs = [h for h in health_events(s) if _unix(h) > t0]
+        return hs[-1] if hs else None
+
+    h = wait_for(fresh_health, timeout=15, what="a health event after the overflow")
+    after = lost_in_kernel(s.pid)
+    reported = h["sensor"]["health"]["sources"]["process"]["lost_kernel"]
+    assert before <= reported <= after
+    assert s.stop() == 0
+    final = health_events(s)[-1]["sensor"]["health"]
+    assert final["final"] is True
+    assert final["sources"]["process"]["lost_kernel"] >= after
+    assert "lost" in s.stderr()
+
+
+def _unix(event) -> float:
+    from sensor.schema import parse_time
+
+    return parse_time(event["@timestamp"]) / 1e9
+
+
+def test_sigterm_during_exec_storm_leaves_valid_files_and_matching_counts(start_sensor):
+    s = start_sensor("--store-segment-bytes", "64KiB")
+    storm = subprocess.Popen(["/bin/sh", "-c", "i=0; while [ $i -lt 4000 ]; do /bin/true; i=$((i+1)); done"])
+    try:
+        wait_for(lambda: len(list(s.data_dir.glob("events/*.zst"))) >= 2, timeout=60,
+                 what="segments to rotate during the storm")
+        assert s.stop() == 0  # mid-storm
+    finally:
+        storm.kill()
+        storm.wait()
+
+    files = sorted((s.data_dir / "events").iterdir())
+    assert files and all(f.name.endswith(".jsonl.zst") for f in files), files
+    stored = 0
+    process_events = 0
+    for f in files:
+        assert f.stat().st_mode & 0o777 == 0o600
+        with zstandard.ZstdDecompressor().stream_reader(f.open("rb")) as r:
+            for line in r.read().splitlines():
+                ev = json.loads(line)
+                stored += 1
+                process_events += ev["event"]["dataset"] == "process"
+    final = health_events(s)[-1]["sensor"]["health"]
+    assert final["final"] is True
+    assert final["store"]["dropped"] == 0
+    assert process_events == final["sources"]["process"]["emitted"] > 1000
+    assert (s.data_dir / "events").stat().st_mode & 0o777 == 0o700
+
+
+def test_sigkill_leaves_closed_segments_readable(start_sensor):
+    s = start_sensor("--store-segment-bytes", "16KiB", "--store-flush-interval", "0.2")
+    for _ in range(300):
+        subprocess.run(["/bin/true"])
+    wait_for(lambda: len(list(s.data_dir.glob("events/*.zst"))) >= 2, what="rotated segments")
+    s.proc.kill()
+    s.proc.wait()
+    events = s.events()
+    assert len(events) > 100
+    # a restarted sensor on the same directory keeps the earlier events and continues the sequence
+    s2 = start_sensor(data_dir=s.data_dir)
+    s2.stop()
+    later = s2.events()
+    assert len(later) > len(events)
+    seqs = [e["event"]["sequence"] for e in later]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == len(seqs)
