@@ -221,7 +221,7 @@ class BpfObject:
     def close(self):
         self.detach()
         if self._obj:
-            b.bpf_object__close(self._obj)
+            lib().bpf_object__close(self._obj)
             self._obj = None
 
     def __enter__(self):

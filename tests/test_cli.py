@@ -1,0 +1,92 @@
+"""The `sensor` command as users call it: config errors, events queries, doctor."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sensor import config
+from sensor.errors import ConfigError
+from conftest import ROOT
+
+
+def sensor(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, **kw)
+
+
+def test_bad_config_names_file_line_and_reason(tmp_path):
+    cfg = tmp_path / "sensor.yaml"
+    cfg.write_text("data_dir: /tmp/x\nstore:\n  segment_bytes: lots\n")
+    r = sensor("run", "--config", str(cfg), "--duration", "1")
+    assert r.returncode != 0
+    assert f"{cfg}:3" in r.stderr and "segment_bytes" in r.stderr and "not a size" in r.stderr
+
+    cfg.write_text("health_interval: 5\nproces:\n  threads: true\n")
+    r = sensor("run", "--config", str(cfg))
+    assert r.returncode != 0 and f"{cfg}:2: unknown option 'proces'" in r.stderr
+
+    cfg.write_text("store: [unclosed\n")
+    r = sensor("run", "--config", str(cfg))
+    assert r.returncode != 0 and "invalid YAML" in r.stderr and str(cfg) in r.stderr
+
+
+def test_config_file_then_flags_override(tmp_path):
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("health_interval: 3\nstore:\n  segment_bytes: 2MiB\nprocess:\n  threads: true\n")
+    parser = __import__("argparse").ArgumentParser()
+    parser.add_argument("--config")
+    config.add_flags(parser)
+    c = config.resolve(parser.parse_args(["--config", str(cfg), "--store-segment-bytes", "1KiB",
+                                          "--no-process-threads"]))
+    assert c["health_interval"] == 3.0
+    assert c["store.segment_bytes"] == 1024
+    assert c["process.threads"] is False
+    assert c.section("store")["segment_bytes"] == 1024
+    with pytest.raises(ConfigError, match="--health-interval"):
+        config.resolve(parser.parse_args(["--health-interval", "soon"]))
+    with pytest.raises(ConfigError, match="one of auto, on, off"):
+        config.resolve(parser.parse_args(["--console", "maybe"]))
+
+
+def test_events_where_since_across_compressed_and_open_segments(start_sensor):
+    s = start_sensor("--store-segment-bytes", "8KiB", "--store-flush-interval", "0.2")
+    subprocess.run(["/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do /bin/true; done"])
+    marker = "cli-marker-7f3a"
+    subprocess.run(["/bin/echo", marker], stdout=subprocess.DEVNULL)
+    # while running: closed .zst segments plus the open .jsonl one
+    from conftest import wait_for
+
+    wait_for(lambda: list(s.data_dir.glob("events/*.zst")) and list(s.data_dir.glob("events/*.jsonl")),
+             what="compressed and open segments")
+
+    def query(*args):
+        r = sensor("events", "--data-dir", str(s.data_dir), *args)
+        assert r.returncode == 0, r.stderr
+        return [json.loads(line) for line in r.stdout.splitlines()]
+
+    wait_for(lambda: query("--where", "process.args=" + marker), what="the marker to be flushed")
+    everything = query()
+    seqs = [e["event"]["sequence"] for e in everything]
+    assert seqs == sorted(seqs) and len(everything) > 40
+    hits = query("--where", "event.action=exec", "--where", "process.args=" + marker)
+    assert len(hits) == 1 and hits[0]["process"]["args"] == ["/bin/echo", marker]
+    assert query("--where", "event.action=exec", "--where", "process.name=no-such-name") == []
+    assert query("--since", "1h") == everything[:len(query("--since", "1h"))]
+    assert query("--since", str(time.time() + 3600)) == []
+    s.stop()
+    assert len(query()) >= len(everything)
+    r = sensor("events", "--data-dir", str(s.data_dir), "--where", "nofield")
+    assert r.returncode != 0 and "FIELD=VALUE" in r.stderr
+
+
+def test_doctor_reports_and_exits_zero_here():
+    r = sensor("doctor", "--json")
+    report = json.loads(r.stdout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert report["ok"] is True
+    names = {c["name"] for c in report["checks"]}
+    assert any("btf" in n for n in names)
