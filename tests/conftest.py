@@ -106,6 +106,14 @@ def no_bpf_leftovers():
     """The suite leaves no eBPF program of ours loaded, even when tests fail."""
     before = bpf_programs()
     yield
-    ours = {"handle_exec", "handle_fork", "handle_exit"}
-    leaked = (bpf_programs() - before) & (ours | {n for n in bpf_programs() if n.startswith("probe_")})
-    assert not leaked, f"eBPF programs left loaded: {leaked}"
+
+    def leaked():
+        now = bpf_programs()
+        return (now - before) & ({"handle_exec", "handle_fork", "handle_exit"} |
+                                 {n for n in now if n.startswith("probe_")})
+
+    # the kernel frees a killed process's programs asynchronously: give it a moment
+    try:
+        wait_for(lambda: not leaked(), timeout=10, what="eBPF programs to be unloaded")
+    except AssertionError:
+        raise AssertionError(f"eBPF programs left loaded: {leaked()}") from None

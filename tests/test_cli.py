@@ -10,6 +10,7 @@ import pytest
 
 from sensor import config
 from sensor.errors import ConfigError
+from sensor.schema import parse_time
 from conftest import ROOT
 
 
@@ -75,7 +76,16 @@ def test_events_where_since_across_compressed_and_open_segments(start_sensor):
     hits = query("--where", "event.action=exec", "--where", "process.args=" + marker)
     assert len(hits) == 1 and hits[0]["process"]["args"] == ["/bin/echo", marker]
     assert query("--where", "event.action=exec", "--where", "process.name=no-such-name") == []
-    assert query("--since", "1h") == everything[:len(query("--since", "1h"))]
+    last = everything[-1]["event"]["sequence"]
+
+    def upto_last(events):
+        return [e for e in events if e["event"]["sequence"] <= last]
+
+    assert upto_last(query("--since", "1h")) == everything
+    mid = everything[len(everything) // 2]["@timestamp"]
+    expected = [e for e in everything if parse_time(e["@timestamp"]) >= parse_time(mid)]
+    assert 0 < len(expected) < len(everything)
+    assert upto_last(query("--since", mid)) == expected
     assert query("--since", str(time.time() + 3600)) == []
     s.stop()
     assert len(query()) >= len(everything)

@@ -12,16 +12,29 @@ import zstandard
 from conftest import wait_for
 
 
+def bpf_map_ids(pid: int) -> set[int]:
+    """Ids of the BPF maps a process holds open, from the kernel's fdinfo."""
+    ids = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-map":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                ids.update(int(line.split()[1]) for line in f if line.startswith("map_id:"))
+        except OSError:
+            continue
+    return ids
+
+
 def lost_in_kernel(sensor_pid: int) -> int:
     """The kernel's own count of failed reserves, read with bpftool from the sensor's `lost` map."""
-    maps = json.loads(subprocess.run(["bpftool", "map", "show", "-j"], capture_output=True,
-                                     text=True, check=True).stdout)
-    (m,) = [m for m in maps if m.get("name") == "lost"
-            and any(p["pid"] == sensor_pid for p in m.get("pids", []))]
-    dump = json.loads(subprocess.run(["bpftool", "map", "dump", "id", str(m["id"]), "-j"],
-                                     capture_output=True, text=True, check=True).stdout)
+    def bpftool(*args):
+        return json.loads(subprocess.run(["bpftool", *args, "-j"], capture_output=True, text=True,
+                                         check=True).stdout)
+
+    (map_id,) = [i for i in bpf_map_ids(sensor_pid) if bpftool("map", "show", "id", str(i))["name"] == "lost"]
     total = 0
-    for entry in dump:
+    for entry in bpftool("map", "dump", "id", str(map_id)):
         for v in entry.get("values", []):
             value = v["value"]
             total += value if isinstance(value, int) else int.from_bytes(bytes(int(b, 16) for b in value), "little")
