@@ -57,8 +57,9 @@ class LiveSummary:
         counts.add_row("store", f"{p.store.written:,}", "", "", Text(f"{p.store.dropped:,}",
                        style="red" if p.store.dropped else ""), "")
         recent = Table(title="latest process events", title_justify="left", expand=True)
-        for col in ("time", "action", "pid", "user", "command"):
-            recent.add_column(col, overflow="ellipsis", no_wrap=True)
+        for col in ("time", "action", "pid", "user"):
+            recent.add_column(col, no_wrap=True)
+        recent.add_column("command", ratio=1, overflow="ellipsis", no_wrap=True)
         for row in list(self.recent):
             recent.add_row(*row)
         return Group(head, counts, recent, Text("Ctrl-C stops the sensor", style="dim"))

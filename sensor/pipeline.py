@@ -147,6 +147,7 @@ class Pipeline:
             s.detach()
         for s in self.sources:
             self._drain(s)
+        self.store.flush()  # so the final health counts every event before it as written
         self.emit_health(final=True)
         for s in self.sources:
             s.close()
