@@ -58,6 +58,9 @@ class Btf:
     def _name(self, off: int) -> str:
         return libbpf.lib().btf__name_by_offset(self._h, off).decode()
 
+    def has_type(self, name: str, kind: int) -> bool:
+        return libbpf.lib().btf__find_by_name_kind(self._h, name.encode(), kind) >= 0
+
     def struct(self, name: str) -> tuple[int, dict[str, tuple[int, int]]]:
         """(size, {member: (byte offset, byte size)}) of `struct name`."""
         b = libbpf.lib()

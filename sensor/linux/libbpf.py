@@ -23,6 +23,8 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes
 
 
 def _printer(level, fmt, args):
+    if level > 1:  # LIBBPF_DEBUG: relocation chatter; warnings carry the verifier log
+        return 0
     buf = ctypes.create_string_buffer(1024)
     # va_list is passed on as the opaque pointer it is on every 64-bit ABI libbpf runs on
     _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
@@ -109,7 +111,7 @@ def _raise_load(what: str, err: int):
     log = recent_log()
     # EPERM without a verifier log is a capability or lockdown refusal, not a bad program
     if err in (errno.EPERM, errno.EACCES) and "PROG LOAD LOG" not in log:
-        raise BpfPermission(f"{what}: {os.strerror(err)}\n{log}".rstrip())
+        raise BpfPermission(f"{what}: {os.strerror(err)}")
     raise BpfLoadError(f"{what}: {os.strerror(err)}\n{log}".rstrip())
 
 
