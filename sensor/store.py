@@ -75,7 +75,7 @@ class Store:
         self._buf.append(line)
         self._buf_events.append(1)
         self._buf_bytes += len(line)
-        if self._buf_bytes >= 1 << 20 or time.monotonic() - self._last_flush >= self.flush_interval:
+        if self._buf_bytes >= 256 << 10 or time.monotonic() - self._last_flush >= self.flush_interval:
             self.flush()
 
     def tick(self) -> None:
@@ -90,7 +90,12 @@ class Store:
         while self._buf:
             if self._fd is None and not self._open():
                 break
-            data = b"".join(self._buf)
+            # fill the open segment up to segment_bytes, at line boundaries (at least one line)
+            room, n, size = self.segment_bytes - self._seg_size, 0, 0
+            while n < len(self._buf) and (n == 0 or size + len(self._buf[n]) <= room):
+                size += len(self._buf[n])
+                n += 1
+            data = b"".join(self._buf[:n])
             try:
                 written = os.write(self._fd, data)
             except OSError as exc:
@@ -102,7 +107,7 @@ class Store:
             if written < len(data):
                 self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
                 break
-            if self._seg_size >= self.segment_bytes:
+            if self._seg_size >= self.segment_bytes or self._buf:
                 self.rotate()
         self._bound_pending()
 

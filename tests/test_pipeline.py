@@ -85,7 +85,8 @@ def test_sigterm_during_exec_storm_leaves_valid_files_and_matching_counts(start_
     try:
         wait_for(lambda: len(list(s.data_dir.glob("events/*.zst"))) >= 2, timeout=60,
                  what="segments to rotate during the storm")
-        assert s.stop() == 0  # mid-storm
+        assert storm.poll() is None, "the storm ended before the sensor was stopped"
+        assert s.stop() == 0
     finally:
         storm.kill()
         storm.wait()
@@ -104,7 +105,7 @@ def test_sigterm_during_exec_storm_leaves_valid_files_and_matching_counts(start_
     final = health_events(s)[-1]["sensor"]["health"]
     assert final["final"] is True
     assert final["store"]["dropped"] == 0
-    assert process_events == final["sources"]["process"]["emitted"] > 1000
+    assert process_events == final["sources"]["process"]["emitted"] > 100
     assert (s.data_dir / "events").stat().st_mode & 0o777 == 0o700
 
 
