@@ -49,8 +49,11 @@ $(VMLINUX):
 	@mkdir -p build
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
+# DWARF is stripped, BTF (what CO-RE and our layout test read) stays, as in libbpf-tools.
 sensor/bpf/%.bpf.o: bpf/%.bpf.c $(BPF_HDR) $(VMLINUX)
-	clang $(BPF_CFLAGS) -c $< -o $@
+	clang $(BPF_CFLAGS) -c $< -o $@.tmp
+	llvm-strip -g $@.tmp
+	mv $@.tmp $@
 
 bpf: $(BPF_OBJ)
 

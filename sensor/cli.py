@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -128,6 +129,8 @@ def cmd_events(args) -> int:
             raise SensorError(f"--where {w!r}: expected FIELD=VALUE, e.g. process.name=bash")
         where.append((field, value))
     since = parse_since(args.since) if args.since else None
+    if not os.path.isdir(os.path.join(args.data_dir, "events")) and not args.follow:
+        print(f"sensor: no events under {args.data_dir} (see --data-dir)", file=sys.stderr)
     out = sys.stdout.buffer
     try:
         for event in read_events(args.data_dir, follow=args.follow, since_ns=since):

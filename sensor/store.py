@@ -14,6 +14,7 @@ from typing import Iterator
 import orjson
 import zstandard
 
+from .errors import StoreError
 from .schema import parse_time as parse_timestamp  # noqa: F401  (part of the store's API)
 
 log = logging.getLogger("sensor.store")
@@ -44,8 +45,12 @@ class Store:
                  retention_bytes=1 << 30, flush_interval=1.0):
         self.data_dir = Path(data_dir)
         self.events_dir = self.data_dir / "events"
-        _private_dir(self.data_dir)
-        _private_dir(self.events_dir)
+        try:
+            _private_dir(self.data_dir)
+            _private_dir(self.events_dir)
+        except OSError as exc:
+            raise StoreError(f"cannot use data dir {self.data_dir}: {exc.strerror}",
+                             hint="choose another with --data-dir, or run as root") from None
         self.segment_bytes, self.segment_seconds = segment_bytes, segment_seconds
         self.retention_bytes, self.flush_interval = retention_bytes, flush_interval
         self.written = self.dropped = self.recovered_partial = 0

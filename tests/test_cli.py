@@ -100,3 +100,30 @@ def test_doctor_reports_and_exits_zero_here():
     assert report["ok"] is True
     names = {c["name"] for c in report["checks"]}
     assert any("btf" in n for n in names)
+
+
+def test_duration_stops_by_itself_and_sigint_stops_cleanly(tmp_path):
+    from sensor.store import read_events
+
+    r = sensor("run", "--data-dir", str(tmp_path / "a"), "--console", "off", "--duration", "1.5",
+               "--health-interval", "0.5")
+    assert r.returncode == 0, r.stderr
+    health = [e for e in read_events(tmp_path / "a") if e["event"]["dataset"] == "sensor.health"]
+    assert len(health) >= 2 and health[-1]["sensor"]["health"]["final"] is True
+    assert 1.4 <= health[-1]["sensor"]["health"]["uptime_s"] < 10
+
+    from conftest import Sensor
+
+    s = Sensor(tmp_path / "b")
+    s.proc.send_signal(__import__("signal").SIGINT)
+    assert s.proc.wait(30) == 0
+    s.kill()
+    assert s.events(event__dataset="sensor.health")[-1]["sensor"]["health"]["final"] is True
+
+
+def test_unusable_data_dir_is_one_clear_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = sensor("run", "--data-dir", str(blocker / "data"), "--console", "off", "--duration", "1")
+    assert r.returncode == 2
+    assert r.stderr.startswith("sensor: error: cannot use data dir") and "Traceback" not in r.stderr

@@ -45,7 +45,8 @@ class RingBuffer:
     def read(self, max_records: int = 1 << 16) -> list[bytes]:
         """Copies out up to max_records committed records and releases their space."""
         cons = _u64.unpack_from(self._cons, 0)[0]
-        # x86 and arm64 order these loads for us only on x86; see DESIGN.md (x86 is our target)
+        # The kernel publishes with release stores; plain loads act as acquire loads on x86
+        # (TSO). Weakly ordered CPUs (arm64) would need a barrier Python cannot issue.
         prod = _u64.unpack_from(self._data, 0)[0]
         out = []
         data, base, mask = self._data, self._page, self._mask
