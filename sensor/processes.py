@@ -7,7 +7,7 @@ import logging
 import os
 import pwd
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import psutil
@@ -174,7 +174,9 @@ class ProcessTable:
         proc.args_count = r.argc
         event = self._event("exec", ["start"], proc, r.ppid, r.parent_start_ns, r.tid)
         if r.filename != (r.executable or b""):  # a script, or a path through a symlink
-            event["process"]["filename"] = text(r.filename)[0]
+            event["process"]["filename"], escaped = text(r.filename)
+            if escaped:
+                event.setdefault("sensor", {}).setdefault("escaped", []).append("process.filename")
         if r.loginuid != UNSET_ID:
             event["user"]["audit"] = _ids(r.loginuid)
         if r.sessionid != UNSET_ID:
@@ -189,15 +191,12 @@ class ProcessTable:
             proc = parent or self._new(r.pid, r.parent_start_ns)
             event = self._event("thread-start", ["start"], proc, None, None, r.child_tid)
             return event
-        child = self._new(r.child_pid, r.start_ns)
-        child.ppid, child.parent_entity_id = r.pid, self.host.entity_id(r.pid, r.parent_start_ns)
+        ids = dict(pid=r.child_pid, start_ns=r.start_ns, entity_id=self.host.entity_id(r.child_pid, r.start_ns),
+                   ppid=r.pid, parent_entity_id=self.host.entity_id(r.pid, r.parent_start_ns))
         if parent:  # the child runs its parent's image until it execs
-            for attr in ("executable", "name", "args", "args_count", "command_line", "cwd",
-                         "uid", "euid", "gid", "egid", "escaped", "truncated"):
-                value = getattr(parent, attr)
-                setattr(child, attr, set(value) if isinstance(value, set) else value)
+            child = replace(parent, **ids, escaped=set(parent.escaped), truncated=set(parent.truncated))
         else:
-            child.name, child.uid = text(r.comm)[0], r.uid
+            child = Proc(**ids, name=text(r.comm)[0], uid=r.uid, euid=r.uid)
         self.live[r.child_pid] = child
         return self._event("fork", ["start"], child, r.pid, r.parent_start_ns, r.child_tid)
 
