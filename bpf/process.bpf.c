@@ -12,6 +12,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Thread creation is frequent and rarely wanted; off unless the loader asks. */
 const volatile bool trace_threads = false;
+/* `sensor trace`: report only the traced processes; with follow_forks their new children join
+ * the traced set here, in the kernel, before they run an instruction. */
+const volatile bool only_traced = false;
+const volatile bool follow_forks = true;
 
 /* Exec records are too large for the BPF stack: build them here, then copy out only the bytes
  * used with bpf_ringbuf_output. */
@@ -38,6 +42,8 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	long n;
 
 	if (ignored(BPF_CORE_READ(p, tgid)))
+		return 0;
+	if (only_traced && !is_traced(BPF_CORE_READ(p, tgid)))
 		return 0;
 	s = bpf_map_lookup_elem(&exec_scratch, &zero);
 	if (!s)
@@ -108,6 +114,16 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 	struct fork_event *e;
 	bool thread = BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid);
 
+	if (only_traced) {
+		if (!is_traced(BPF_CORE_READ(parent, tgid)))
+			return 0;
+		if (follow_forks && !thread) {
+			__u32 tgid = BPF_CORE_READ(child, tgid);
+			__u8 one = 1;
+
+			bpf_map_update_elem(&traced, &tgid, &one, BPF_ANY);
+		}
+	}
 	if (thread && !trace_threads)
 		return 0;
 	if (ignored(BPF_CORE_READ(parent, tgid)))
@@ -134,11 +150,19 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 {
 	struct exit_event *e;
 
+	__u32 tgid = BPF_CORE_READ(p, tgid);
+
 	/* one record per process: the thread group leader's exit */
-	if (BPF_CORE_READ(p, pid) != BPF_CORE_READ(p, tgid))
+	if (BPF_CORE_READ(p, pid) != tgid)
 		return 0;
-	if (ignored(BPF_CORE_READ(p, tgid)))
+	if (ignored(tgid))
 		return 0;
+	if (only_traced) {
+		if (!is_traced(tgid))
+			return 0;
+		/* the pid may be reused by a process we were never asked to trace */
+		bpf_map_delete_elem(&traced, &tgid);
+	}
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e) {
 		count_lost(EVENT_EXIT);

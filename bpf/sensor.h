@@ -26,6 +26,7 @@ enum event_type {
 	EVENT_EXEC = 1,
 	EVENT_FORK = 2,
 	EVENT_EXIT = 3,
+	EVENT_SYSCALL = 4,
 };
 
 /* exec_event.flags and fork_event.flags */
@@ -90,6 +91,64 @@ struct exit_event {
 	__u32 ppid;
 	__u32 exit_code; /* task->exit_code: (status << 8) | signal, 0x80 = core dumped */
 	char comm[TASK_COMM_LEN];
+};
+
+/* Syscall tracing (`sensor trace`). Its ring buffer holds only syscall records, all of one size
+ * per session, so they carry no event_header and user space decodes whole batches with numpy. */
+#define SYSCALL_NR_MAX 1024  /* syscall_spec entries; larger numbers are never decoded */
+#define TRACE_PATH_MAX 256
+#define TRACE_ADDR_MAX 128   /* enough for sockaddr_in6 and a sockaddr_un path */
+
+enum syscall_flags {
+	SC_NO_RETURN = 1 << 0,    /* exit/exit_group: emitted at entry, ret and duration are 0 */
+	SC_PATH_TRUNCATED = 1 << 1,
+	SC_PATH2_TRUNCATED = 1 << 2,
+};
+
+/* Values of the `traced` map. A launched command is ARMED until its execve, so the launcher's
+ * own calls between fork and exec are never recorded and every trace starts at the execve. */
+enum trace_state {
+	TRACE_ON = 1,
+	TRACE_ARMED = 2,
+};
+
+/* syscall_spec[nr]: what to keep and decode for syscall nr (filled by user space) */
+enum spec_flags {
+	SPEC_WANTED = 1 << 0,
+	SPEC_ADDR_AT_EXIT = 1 << 1, /* the sockaddr is an output (accept, recvfrom, getpeername) */
+};
+#define SPEC_ARG_NONE 0xff
+
+struct syscall_spec {
+	__u8 flags;
+	__u8 path_arg;   /* index of a path argument, or SPEC_ARG_NONE */
+	__u8 path2_arg;  /* second path (rename, link, ...) */
+	__u8 addr_arg;   /* index of a struct sockaddr * argument */
+	__u8 addrlen_arg; /* its length: a value, or (SPEC_ADDR_AT_EXIT) a pointer to one */
+	__u8 _pad[3];
+};
+
+struct syscall_event {
+	__u64 enter_ns; /* CLOCK_BOOTTIME at entry */
+	__u64 duration_ns;
+	__s64 ret;
+	__u32 pid;
+	__u32 tid;
+	__u32 nr;
+	__u32 flags; /* enum syscall_flags */
+};
+
+/* With --args: the raw arguments and the decoded strings, in fixed slots. */
+struct syscall_args_event {
+	struct syscall_event sc;
+	__u64 args[6];
+	__u16 path_len; /* bytes in path[], NUL included; 0 when none */
+	__u16 path2_len;
+	__u16 addr_len;
+	__u16 _pad;
+	char path[TRACE_PATH_MAX];
+	char path2[TRACE_PATH_MAX];
+	__u8 addr[TRACE_ADDR_MAX];
 };
 
 #endif /* __SENSOR_H */

@@ -37,13 +37,41 @@ def _parser() -> argparse.ArgumentParser:
 
     doc = sub.add_parser("doctor", help="check what this kernel and machine allow")
     doc.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tr = sub.add_parser("trace", help="record the syscalls of chosen processes",
+                        usage="sensor trace -o OUT_DIR [--pid PID ...] [options] [-- COMMAND ARGS...]")
+    tr.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="trace directory to write")
+    tr.add_argument("--pid", type=int, action="append", default=[], help="trace a running process (repeatable)")
+    tr.add_argument("--follow-forks", action=argparse.BooleanOptionalAction, default=True,
+                    help="trace children too, from their first instruction (default: on)")
+    tr.add_argument("--syscalls", metavar="NAMES", help="only these syscalls, numbers or groups "
+                    "(file, desc, network, process, memory, signal, ipc, creds), comma-separated")
+    tr.add_argument("--args", action="store_true", help="record the six raw arguments and decode paths, addresses, fds")
+    tr.add_argument("--label", help="dataset label: normal, attack:NAME, or any text")
+    tr.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    tr.add_argument("--ring-buffer-bytes", default="64MiB", metavar="SIZE", help="kernel ring buffer (default 64MiB)")
+    tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="live progress line (default: when stderr is a terminal)")
+    tr.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS", help="launch and trace it")
+
+    try:
+        from . import dataset
+    except ImportError:  # the dataset exporter is optional in a partial install
+        dataset = None
+    if dataset is not None and hasattr(dataset, "register"):
+        dataset.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "events": cmd_events, "doctor": cmd_doctor}[args.command](args)
+        if args.command == "dataset":
+            from . import dataset
+
+            return dataset.run(args)
+        return {"run": cmd_run, "events": cmd_events, "doctor": cmd_doctor,
+                "trace": cmd_trace}[args.command](args)
     except SensorError as exc:
         print(f"sensor: error: {exc}", file=sys.stderr)
         return 2
@@ -141,6 +169,25 @@ def cmd_events(args) -> int:
     except BrokenPipeError:
         pass
     return 0
+
+
+def cmd_trace(args) -> int:
+    from pathlib import Path
+
+    from .trace import TraceOptions, run
+
+    command = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    try:
+        ring = config.parse_bytes(args.ring_buffer_bytes)
+    except ValueError as exc:
+        raise SensorError(f"--ring-buffer-bytes: {exc}") from None
+    if ring & (ring - 1) or ring < 4096:
+        raise SensorError(f"--ring-buffer-bytes: {ring} is not a power of two of at least 4KiB")
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    return run(TraceOptions(out=Path(args.output), pids=args.pid, command=command,
+                            follow_forks=args.follow_forks, syscalls=args.syscalls, args=args.args,
+                            label=args.label, duration=args.duration, ring_buffer_bytes=ring,
+                            progress=progress))
 
 
 def cmd_doctor(args) -> int:

@@ -8,8 +8,16 @@ TASK_COMM_LEN = 16
 ARGS_MAX = 8192
 PATH_DEPTH_MAX = 32
 
-EVENT_EXEC, EVENT_FORK, EVENT_EXIT = 1, 2, 3
+EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL = 1, 2, 3, 4
 EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit"}
+
+SYSCALL_NR_MAX = 1024
+TRACE_PATH_MAX = 256
+TRACE_ADDR_MAX = 128
+SC_NO_RETURN, SC_PATH_TRUNCATED, SC_PATH2_TRUNCATED = 1, 2, 4
+SPEC_WANTED, SPEC_ADDR_AT_EXIT = 1, 2
+SPEC_ARG_NONE = 0xFF
+TRACE_ON, TRACE_ARMED = 1, 2
 
 FLAG_ARGS_TRUNCATED = 1 << 0
 FLAG_FILENAME_TRUNCATED = 1 << 1
@@ -44,10 +52,30 @@ exit_event = np.dtype(_HEADER + [
     ("comm", f"S{TASK_COMM_LEN}"),
 ])
 
+syscall_spec = np.dtype([
+    ("flags", "u1"), ("path_arg", "u1"), ("path2_arg", "u1"), ("addr_arg", "u1"),
+    ("addrlen_arg", "u1"), ("_pad", "V3"),
+])
+
+_SYSCALL = [
+    ("enter_ns", "<u8"), ("duration_ns", "<u8"), ("ret", "<i8"),
+    ("pid", "<u4"), ("tid", "<u4"), ("nr", "<u4"), ("flags", "<u4"),
+]
+syscall_event = np.dtype(_SYSCALL)
+
+syscall_args_event = np.dtype(_SYSCALL + [
+    ("args", "<u8", (6,)), ("path_len", "<u2"), ("path2_len", "<u2"), ("addr_len", "<u2"),
+    ("_pad", "<u2"), ("path", f"S{TRACE_PATH_MAX}"), ("path2", f"S{TRACE_PATH_MAX}"),
+    ("addr", f"V{TRACE_ADDR_MAX}"),
+])
+
 # C struct name -> dtype, for the layout test and for decoders.
 STRUCTS = {
     "event_header": event_header,
     "exec_event": exec_event,
     "fork_event": fork_event,
     "exit_event": exit_event,
+    "syscall_spec": syscall_spec,
+    "syscall_event": syscall_event,
+    "syscall_args_event": syscall_args_event,
 }

@@ -6,12 +6,12 @@ import pytest
 from sensor import wire
 from sensor.linux.btf import Btf
 
-OBJECT = Path(wire.__file__).parent / "bpf" / "process.bpf.o"
+OBJECTS = sorted((Path(wire.__file__).parent / "bpf").glob("*.bpf.o"))
 
 
-@pytest.fixture(scope="module")
-def btf():
-    with Btf.from_file(OBJECT) as b:
+@pytest.fixture(scope="module", params=[p.name for p in OBJECTS if p.name != "probe.bpf.o"])
+def btf(request):
+    with Btf.from_file(Path(wire.__file__).parent / "bpf" / request.param) as b:
         yield b
 
 
@@ -22,6 +22,8 @@ def flatten(btf, name, prefix=""):
     for member, (off, msize) in members.items():
         if member == "hdr":
             out.update(flatten(btf, "event_header")[1])
+        elif member == "sc":
+            out.update(flatten(btf, "syscall_event")[1])
         elif member != "data":  # the flexible array: starts at sizeof(struct)
             out[member] = (off, msize)
     return size, out
@@ -41,7 +43,15 @@ def test_exec_data_starts_at_struct_end(btf):
     assert members["data"][0] == wire.exec_event.itemsize
 
 
-def test_rodata_options_exist(btf):
-    opts = btf.datasec(".rodata")
-    assert set(opts) >= {"wakeup_bytes", "trace_threads"}
+OPTIONS = {
+    "process.bpf.o": {"wakeup_bytes", "trace_threads", "only_traced", "follow_forks"},
+    "trace.bpf.o": {"wakeup_bytes", "filter_syscalls", "with_args", "nr_exit", "nr_exit_group"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIONS))
+def test_rodata_options_exist(name):
+    with Btf.from_file(Path(wire.__file__).parent / "bpf" / name) as b:
+        opts = b.datasec(".rodata")
+    assert set(opts) >= OPTIONS[name]
     assert opts["wakeup_bytes"][1] == 8

@@ -17,6 +17,9 @@ const volatile struct {
 	struct event_header header;
 	struct fork_event fork;
 	struct exit_event exit;
+	struct syscall_spec spec;
+	struct syscall_event syscall;
+	struct syscall_args_event syscall_args;
 	struct exec_event exec;
 } wire_anchor;
 
@@ -40,6 +43,21 @@ struct {
 	__type(key, __u32);
 	__type(value, __u8);
 } ignored_tgids SEC(".maps");
+
+/* Processes (tgid -> 1) that `sensor trace` follows. Shared by the process and trace programs
+ * (user space hands one object's map to the other); empty and unallocated otherwise. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u32);
+	__type(value, __u8);
+} traced SEC(".maps");
+
+static __always_inline bool is_traced(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&traced, &tgid) != NULL;
+}
 
 static __always_inline void count_lost(__u32 type)
 {

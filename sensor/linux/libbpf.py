@@ -48,6 +48,8 @@ _SIGNATURES = {
     "bpf_map__set_max_entries": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32]),
     "bpf_map__max_entries": (ctypes.c_uint32, [ctypes.c_void_p]),
     "bpf_map__value_size": (ctypes.c_uint32, [ctypes.c_void_p]),
+    "bpf_map__reuse_fd": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+    "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
     "bpf_map__initial_value": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_program__name": (ctypes.c_char_p, [ctypes.c_void_p]),
     "bpf_program__section_name": (ctypes.c_char_p, [ctypes.c_void_p]),
@@ -119,11 +121,13 @@ class BpfObject:
     """One compiled .bpf.o: options set, loaded, its programs attached, closed on exit.
 
     `rodata` sets `const volatile` globals before load (the verifier then prunes the branches
-    they disable); `max_entries` resizes maps, e.g. the ring buffer.
+    they disable); `max_entries` resizes maps, e.g. the ring buffer; `reuse` makes a map the
+    same kernel map as another object's ({name: fd}), so two objects can share state.
     """
 
     def __init__(self, path: str | os.PathLike, *, rodata: dict | None = None,
-                 max_entries: dict | None = None, programs: list[str] | None = None):
+                 max_entries: dict | None = None, programs: list[str] | None = None,
+                 reuse: dict | None = None):
         self.path = Path(path)
         self._links: list[int] = []
         self._obj = None
@@ -138,6 +142,9 @@ class BpfObject:
         self._obj = obj
         try:
             self._configure(rodata or {}, max_entries or {}, programs)
+            for name, fd in (reuse or {}).items():
+                if b.bpf_map__reuse_fd(self._map(name), fd):
+                    raise BpfLoadError(f"cannot share map {name}: {os.strerror(_err())}")
             if b.bpf_object__load(obj):
                 _raise_load(f"loading {self.path.name}", _err())
         except BaseException:
@@ -254,6 +261,15 @@ class Map:
     def delete(self, key: int):
         k = ctypes.c_uint32(key)
         lib().bpf_map_delete_elem(self.fd, ctypes.byref(k))
+
+    def keys(self) -> list[int]:
+        """Every u32 key (fine for the small sets the sensor keeps)."""
+        out, key, nxt = [], None, ctypes.c_uint32()
+        while lib().bpf_map_get_next_key(self.fd, ctypes.byref(key) if key is not None else None,
+                                         ctypes.byref(nxt)) == 0:
+            out.append(nxt.value)
+            key = ctypes.c_uint32(nxt.value)
+        return out
 
     def percpu_u64(self, key: int) -> list[int]:
         """Every CPU's u64 value at `key` of a per-CPU array."""

@@ -99,18 +99,22 @@ class ProcessSource:
     name = "process"
 
     def __init__(self, *, ring_buffer_bytes: int = 4 << 20, threads: bool = False,
-                 wakeup_bytes: int | None = None, object_path: Path = OBJECT):
+                 wakeup_bytes: int | None = None, object_path: Path = OBJECT,
+                 only_traced: bool = False, follow_forks: bool = True):
         self.ring_buffer_bytes = ring_buffer_bytes
         # wake the reader at a quarter full; a poll timer picks up the rest
         self.wakeup_bytes = ring_buffer_bytes // 4 if wakeup_bytes is None else wakeup_bytes
         self.threads = threads
         self.object_path = object_path
+        # `sensor trace`: only processes in the `traced` map, which forks extend in the kernel
+        self.only_traced, self.follow_forks = only_traced, follow_forks
         self.decode_errors = 0
         self._obj = self._rb = None
 
     def start(self):
         self._obj = BpfObject(self.object_path,
-                              rodata={"wakeup_bytes": self.wakeup_bytes, "trace_threads": self.threads},
+                              rodata={"wakeup_bytes": self.wakeup_bytes, "trace_threads": self.threads,
+                                      "only_traced": self.only_traced, "follow_forks": self.follow_forks},
                               max_entries={"events": self.ring_buffer_bytes})
         try:
             self._obj.map("ignored_tgids").update(os.getpid(), b"\x01")
@@ -123,6 +127,10 @@ class ProcessSource:
 
     def fileno(self) -> int:
         return self._rb.fileno()
+
+    def traced(self):
+        """The map of traced processes (tgid -> 1) that trace mode filters on."""
+        return self._obj.map("traced")
 
     def poll(self, max_records: int = 1 << 16) -> list:
         out = []

@@ -1,0 +1,75 @@
+"""Syscall source on Linux: bpf/trace.bpf.c's paired enter/exit records, read in numpy batches."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import syscalls, wire
+from .libbpf import BpfObject
+from .ringbuf import RingBuffer
+
+OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "trace.bpf.o"
+
+
+class SyscallSource:
+    """Traces the processes in a shared `traced` map; `poll` returns a structured array."""
+
+    name = "syscalls"
+
+    def __init__(self, traced_fd: int, *, wanted: set[int] | None = None, with_args: bool = False,
+                 ring_buffer_bytes: int = 64 << 20, wakeup_bytes: int | None = None,
+                 object_path: Path = OBJECT):
+        self.traced_fd = traced_fd
+        self.wanted, self.with_args = wanted, with_args
+        self.ring_buffer_bytes = ring_buffer_bytes
+        # wake the reader at an eighth full: a wakeup per record would cost more than the tracing
+        self.wakeup_bytes = ring_buffer_bytes // 8 if wakeup_bytes is None else wakeup_bytes
+        self.object_path = object_path
+        self.dtype = wire.syscall_args_event if with_args else wire.syscall_event
+        self._obj = self._rb = None
+
+    def start(self):
+        nums = syscalls.numbers()
+        self._obj = BpfObject(
+            self.object_path,
+            rodata={"wakeup_bytes": self.wakeup_bytes, "filter_syscalls": self.wanted is not None,
+                    "with_args": self.with_args, "nr_exit": nums["exit"], "nr_exit_group": nums["exit_group"],
+                    "nr_execve": nums["execve"], "nr_execveat": nums["execveat"]},
+            max_entries={"events": self.ring_buffer_bytes},
+            reuse={"traced": self.traced_fd})
+        try:
+            if self.wanted is not None or self.with_args:
+                spec_map = self._obj.map("syscall_spec")
+                for nr, entry in enumerate(syscalls.spec_table(self.wanted)):
+                    spec_map.update(nr, entry.tobytes())
+            self._rb = RingBuffer(self._obj.map_fd("events"), self.ring_buffer_bytes)
+            self._obj.attach()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def fileno(self) -> int:
+        return self._rb.fileno()
+
+    def poll(self, max_records: int = 1 << 20) -> np.ndarray:
+        return self._rb.read_fixed(self.dtype, max_records)
+
+    def lost(self) -> int:
+        return sum(self._obj.map("lost").percpu_u64(wire.EVENT_SYSCALL)) if self._obj else 0
+
+    def queue_bytes(self) -> int:
+        return self._rb.pending() if self._rb else 0
+
+    def detach(self):
+        if self._obj:
+            self._obj.detach()
+
+    def close(self):
+        if self._rb:
+            self._rb.close()
+            self._rb = None
+        if self._obj:
+            self._obj.close()
+            self._obj = None

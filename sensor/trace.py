@@ -1,0 +1,311 @@
+"""`sensor trace`: record every syscall of chosen processes (and their children) to a directory."""
+from __future__ import annotations
+
+import os
+import platform
+import select
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, syscalls, wire
+from .errors import SensorError
+from .host import Host
+from .processes import ProcessTable
+from .records import ProcessExec, ProcessFork
+from .schema import Stamper, exit_fields, rfc3339, text
+from .tracefile import Comms, TraceWriter
+
+
+@dataclass
+class TraceOptions:
+    out: Path
+    pids: list[int] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)
+    follow_forks: bool = True
+    syscalls: str | None = None
+    args: bool = False
+    label: str | None = None
+    duration: float | None = None
+    ring_buffer_bytes: int = 64 << 20
+    progress: bool = True
+
+
+def _tgid(pid: int) -> int:
+    """The process a pid (or thread id) belongs to; all its threads are traced."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    raise SensorError(f"--pid {pid}: no such process")
+
+
+def _proc_comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return text(f.read().rstrip(b"\n"))[0]
+    except OSError:
+        return None
+
+
+def launch_stopped(argv: list[str]) -> tuple[int, int]:
+    """Forks a child that waits on a pipe before exec, so tracing is in place before it runs.
+
+    Returns (pid, fd): writing to fd releases the child into execv.
+    """
+    exe = shutil.which(argv[0])
+    if exe is None:
+        raise SensorError(f"command not found: {argv[0]}")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no Python-level cleanup may run here
+        try:
+            os.close(w)
+            if os.read(r, 1) == b"x":
+                os.close(r)
+                os.execv(exe, argv)
+        finally:
+            os._exit(127)
+    os.close(r)
+    return pid, w
+
+
+class TraceSession:
+    def __init__(self, opts: TraceOptions):
+        self.opts = opts
+        self.host = Host()
+        self.table = ProcessTable(self.host)
+        self.stamper = Stamper(self.host)
+        self.comms = Comms()
+        self.wanted = syscalls.resolve(opts.syscalls) if opts.syscalls else None
+        self.child: int | None = None
+        self.exit_code: int | None = None
+        self.pids: list[int] = []
+        self.captured = 0
+        self._sources = []
+
+    def start(self):
+        from .linux.process import ProcessSource
+        from .linux.syscall import SyscallSource
+
+        opts = self.opts
+        if not opts.pids and not opts.command:
+            raise SensorError("nothing to trace", hint="give --pid PID or -- COMMAND ARGS")
+        tgids = [_tgid(p) for p in opts.pids]
+        self.table.seed()
+        self.procs = ProcessSource(only_traced=True, follow_forks=opts.follow_forks).start()
+        self._sources.append(self.procs)
+        self.syscalls = SyscallSource(self.procs.traced().fd, wanted=self.wanted, with_args=opts.args,
+                                      ring_buffer_bytes=opts.ring_buffer_bytes).start()
+        self._sources.append(self.syscalls)
+        self.writer = TraceWriter(opts.out, opts.args, self.host.boot_offset_ns)
+        traced = self.procs.traced()
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        for tgid in tgids:
+            traced.update(tgid, bytes([wire.TRACE_ON]))
+            proc = self.table.find(tgid)
+            self.comms.set(tgid, 0, _proc_comm(tgid) or "", proc.ppid if proc else None)
+        self.pids = list(tgids)
+        if opts.command:
+            self.child, release = launch_stopped(opts.command)
+            traced.update(self.child, bytes([wire.TRACE_ARMED]))
+            self.comms.set(self.child, 0, os.path.basename(opts.command[0])[:15], os.getpid())
+            self.pids.append(self.child)
+            os.write(release, b"x")
+            os.close(release)
+        self.start_ns = time.time_ns()
+        self.started = now
+        return self
+
+    def _drain_processes(self):
+        while True:
+            records = self.procs.poll()
+            for r in records:
+                if isinstance(r, ProcessExec):
+                    self.comms.set(r.pid, r.ts_ns, text(r.comm)[0], r.ppid)
+                elif isinstance(r, ProcessFork) and not r.thread:
+                    parent = self.comms.names.get(r.pid)
+                    self.comms.set(r.child_pid, r.ts_ns, parent[1][-1] if parent else text(r.comm)[0], r.pid)
+                event = self.table.handle(r)
+                if event is not None:
+                    self.writer.process_event(self.stamper.stamp(event, r.ts_ns))
+            if len(records) < 1 << 16:
+                return
+
+    def _drain_syscalls(self) -> int:
+        n = 0
+        while True:
+            batch = self.syscalls.poll()
+            if len(batch):
+                for pid in np.unique(batch["pid"]):
+                    if not self.comms.known(int(pid)):  # e.g. its fork record was lost
+                        self.comms.set(int(pid), 0, _proc_comm(int(pid)) or "")
+                self.writer.add(batch, self.comms)
+                n += len(batch)
+            if len(batch) < 1 << 20:
+                self.captured += n
+                return n
+
+    def _reap(self, block: bool = False):
+        if self.child is None or self.exit_code is not None:
+            return
+        try:
+            pid, status = os.waitpid(self.child, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid:
+            self.exit_code = exit_fields(status)["exit_code"]
+
+    def run(self, stop: threading.Event) -> int:
+        ep = select.epoll()
+        for s in self._sources:
+            ep.register(s.fileno(), select.EPOLLIN)
+        deadline = time.monotonic() + self.opts.duration if self.opts.duration else None
+        traced = self.procs.traced()
+        progress = Progress(self) if self.opts.progress else None
+        next_check = 0.0
+        try:
+            if progress:
+                progress.start()
+            while not stop.is_set():
+                ep.poll(0.05)
+                self._drain_processes()
+                self._drain_syscalls()
+                self._reap()
+                now = time.monotonic()
+                if deadline and now >= deadline:
+                    break
+                if now >= next_check:
+                    next_check = now + 0.1
+                    if not traced.keys():  # every traced process has exited
+                        break
+        finally:
+            ep.close()
+            self.finish()
+            if progress:
+                progress.stop()
+        return self._status()
+
+    def _status(self) -> int:
+        if self.child is None:
+            return 0
+        if self.exit_code is None:
+            deadline = time.monotonic() + 2
+            while self.exit_code is None and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(0.02)
+        if self.exit_code is None:
+            print(f"sensor trace: {self.opts.command[0]} (pid {self.child}) still runs, no longer traced",
+                  file=sys.stderr)
+            return 128 + signal.SIGINT
+        return self.exit_code
+
+    def finish(self):
+        """Detach, drain what the kernel still holds, then write every file completely."""
+        for s in self._sources:
+            s.detach()
+        self._drain_processes()
+        self._drain_syscalls()
+        self._reap()
+        end_ns = time.time_ns()
+        self.writer.flush(self.comms)
+        self.writer.close(self.metadata(end_ns))
+        for s in self._sources:
+            s.close()
+
+    def abort(self):
+        """Undo a start that failed half way: nothing stays loaded, no child is left stopped."""
+        for s in self._sources:
+            s.close()
+        if self.child is not None:
+            os.kill(self.child, signal.SIGKILL)
+            self._reap(block=True)
+
+    def lost(self) -> int:
+        return self.syscalls.lost() + self.procs.stats()["lost_kernel"]
+
+    def metadata(self, end_ns: int) -> dict:
+        o = self.opts
+        return {
+            "command": o.command or None,
+            "pids": self.pids,
+            "label": o.label,
+            "start": rfc3339(self.start_ns), "end": rfc3339(end_ns),
+            "start_ns": self.start_ns, "end_ns": end_ns,
+            "kernel": platform.release(), "arch": platform.machine(),
+            "syscall_table": syscalls.arch(),
+            "sensor_version": __version__,
+            "captured": self.writer.rows,
+            "lost": self.lost(),
+            "lost_syscalls": self.syscalls.lost(),
+            "exit_code": self.exit_code,
+            "files": {"syscalls": "syscalls.parquet", "processes": "processes.jsonl"},
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()
+                        if k not in ("out", "progress", "command", "pids")},
+        }
+
+
+class Progress:
+    """The live progress line: syscalls captured, rate, lost, elapsed."""
+
+    def __init__(self, session: TraceSession):
+        from rich.live import Live
+
+        self.session = session
+        self._mark = (time.monotonic(), 0, 0.0)
+        self._live = Live(self, refresh_per_second=4, transient=False,
+                          console=__import__("rich.console").console.Console(stderr=True))
+
+    def __rich__(self):
+        from rich.text import Text
+
+        s = self.session
+        now = time.monotonic()
+        t0, c0, rate = self._mark
+        count = s.captured
+        if now - t0 >= 0.5:
+            rate = (count - c0) / (now - t0)
+            self._mark = (now, count, rate)
+        lost = s.lost()
+        line = Text(f"tracing · {count:,} syscalls · {rate:,.0f}/s · ")
+        line.append(f"lost {lost:,}", style="bold red" if lost else "")
+        line.append(f" · {(time.clock_gettime_ns(time.CLOCK_BOOTTIME) - s.started) / 1e9:,.1f}s · Ctrl-C stops")
+        return line
+
+    def start(self):
+        self._live.start()
+
+    def stop(self):
+        self._live.stop()
+
+
+def run(opts: TraceOptions) -> int:
+    session = TraceSession(opts)
+    stop = threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            session.start()
+        except BaseException:
+            session.abort()
+            raise
+        code = session.run(stop)
+    finally:
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+    lost = session.lost()
+    print(f"sensor trace: {session.writer.rows:,} syscalls captured, {lost:,} lost, in {opts.out}",
+          file=sys.stderr)
+    if lost:
+        print(f"sensor trace: WARNING: {lost:,} records were lost (ring buffer full); "
+              f"try a larger --ring-buffer-bytes", file=sys.stderr)
+    return code

@@ -1,0 +1,159 @@
+"""A trace directory: syscalls.parquet streamed in row groups, processes.jsonl, metadata.json."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import syscalls, wire
+from .schema import text
+
+# Rows per Parquet row group: large for good compression, bounded for memory (an --args record
+# is 736 bytes in the kernel's layout, a plain one 40).
+ROW_GROUP, ROW_GROUP_ARGS = 1 << 20, 1 << 17
+
+BASE = [("timestamp_ns", pa.int64()), ("duration_ns", pa.int64()), ("pid", pa.int32()),
+        ("tid", pa.int32()), ("ppid", pa.int32()), ("comm", pa.dictionary(pa.int32(), pa.string())),
+        ("syscall_nr", pa.int32()), ("syscall", pa.dictionary(pa.int32(), pa.string())),
+        ("ret", pa.int64())]
+ARGS = [(f"arg{i}", pa.uint64()) for i in range(6)] + [
+    ("path", pa.string()), ("path2", pa.string()), ("addr", pa.string()),
+    ("fd", pa.int64()), ("truncated", pa.bool_()), ("escaped", pa.bool_())]
+
+# Syscalls whose first argument is a file descriptor (a dirfd for the *at calls): the `fd` column.
+FD_FIRST = (set(syscalls.GROUPS["desc"]) - {"pipe", "pipe2", "epoll_create1", "eventfd2"}) | (
+    set(syscalls.GROUPS["network"]) - {"socket", "socketpair"}) | {
+    "openat", "openat2", "newfstatat", "statx", "unlinkat", "mkdirat", "fchmodat", "fchownat",
+    "faccessat", "faccessat2", "readlinkat", "execveat", "renameat", "renameat2", "linkat",
+    "mknodat", "utimensat"}
+
+
+def sockaddr(raw: bytes) -> str | None:
+    """A struct sockaddr as text: 1.2.3.4:80, [::1]:80, a unix path (@ for abstract)."""
+    if len(raw) < 2:
+        return None
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        return f"{ipaddress.IPv4Address(raw[4:8])}:{struct.unpack_from('!H', raw, 2)[0]}"
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        return f"[{ipaddress.IPv6Address(raw[8:24])}]:{struct.unpack_from('!H', raw, 2)[0]}"
+    if family == socket.AF_UNIX:
+        path = raw[2:]
+        if path[:1] == b"\0":
+            return "@" + text(path[1:].rstrip(b"\0"))[0]
+        return text(path.split(b"\0", 1)[0])[0]
+    return f"family={family}"
+
+
+class Comms:
+    """pid -> its command name over time (exec changes it) and its parent, for the columns."""
+
+    def __init__(self):
+        self.names: dict[int, tuple[list[int], list[str]]] = {}
+        self.ppids: dict[int, int] = {}
+
+    def set(self, pid: int, since_ns: int, comm: str, ppid: int | None = None):
+        times, names = self.names.setdefault(pid, ([], []))
+        times.append(since_ns)
+        names.append(comm)
+        if ppid is not None:
+            self.ppids[pid] = ppid
+
+    def known(self, pid: int) -> bool:
+        return pid in self.names
+
+    def columns(self, pids: np.ndarray, ts: np.ndarray) -> tuple[list[str], np.ndarray]:
+        comm = np.empty(len(pids), dtype=object)
+        ppid = np.zeros(len(pids), dtype=np.int32)
+        for pid in np.unique(pids):
+            rows = np.flatnonzero(pids == pid)
+            times, names = self.names.get(int(pid), ([0], [""]))
+            idx = np.searchsorted(np.asarray(times), ts[rows], side="right") - 1
+            comm[rows] = np.asarray(names, dtype=object)[np.maximum(idx, 0)]
+            ppid[rows] = self.ppids.get(int(pid), 0)
+        return comm, ppid
+
+
+class TraceWriter:
+    def __init__(self, out: Path, with_args: bool, boot_offset_ns: int):
+        self.out = Path(out)
+        self.out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.with_args = with_args
+        self.boot_offset_ns = boot_offset_ns
+        self.schema = pa.schema(BASE + (ARGS if with_args else []))
+        self.names = pa.array(syscalls.names_array() + ["unknown"])
+        self.rows = 0
+        self.row_group = ROW_GROUP_ARGS if with_args else ROW_GROUP
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self._pq = pq.ParquetWriter(self._create("syscalls.parquet"), self.schema, compression="zstd")
+        self._proc = self._create("processes.jsonl")
+
+    def _create(self, name: str):
+        fd = os.open(self.out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "wb")
+
+    def add(self, records: np.ndarray, comms: Comms, force: bool = False):
+        """Buffers a batch of syscall records; writes a row group once enough have come."""
+        if len(records):
+            self._pending.append(records)
+            self._pending_rows += len(records)
+        if self._pending_rows >= self.row_group or (force and self._pending_rows):
+            batch = np.concatenate(self._pending)
+            self._pending, self._pending_rows = [], 0
+            self._pq.write_table(self._table(batch, comms), row_group_size=self.row_group)
+            self.rows += len(batch)
+
+    def _table(self, r: np.ndarray, comms: Comms) -> pa.Table:
+        ts = r["enter_ns"].astype(np.int64)
+        comm, ppid = comms.columns(r["pid"], ts)
+        nr = r["nr"].astype(np.int32)
+        idx = np.where(nr < wire.SYSCALL_NR_MAX, nr, wire.SYSCALL_NR_MAX).astype(np.int32)
+        cols = [ts + self.boot_offset_ns, r["duration_ns"].astype(np.int64), r["pid"].astype(np.int32),
+                r["tid"].astype(np.int32), ppid, pa.array(comm, pa.string()).dictionary_encode(), nr,
+                pa.DictionaryArray.from_arrays(pa.array(idx), self.names), r["ret"]]
+        if self.with_args:
+            cols += [r["args"][:, i] for i in range(6)] + self._decoded(r)
+        return pa.Table.from_arrays([pa.array(c) if isinstance(c, np.ndarray) else c for c in cols],
+                                    schema=self.schema)
+
+    def _decoded(self, r: np.ndarray) -> list:
+        n = len(r)
+        path, path2, addr = [None] * n, [None] * n, [None] * n
+        escaped = np.zeros(n, dtype=bool)
+        fd = [None] * n
+        names = syscalls.table()
+        for i in np.flatnonzero((r["path_len"] > 0) | (r["path2_len"] > 0) | (r["addr_len"] > 0)):
+            rec = r[i]
+            for col, field, length in ((path, "path", "path_len"), (path2, "path2", "path2_len")):
+                if rec[length]:
+                    # fixed slots are reused: only the first len bytes (NUL included) are this call's
+                    col[i], esc = text(rec[field][:rec[length]].split(b"\0", 1)[0])
+                    escaped[i] |= esc
+            if rec["addr_len"]:
+                addr[i] = sockaddr(bytes(rec["addr"])[:rec["addr_len"]])
+        for i in np.flatnonzero(np.isin(r["nr"], [nr for nr, s in names.items() if s in FD_FIRST])):
+            fd[i] = int(np.int32(np.uint32(r["args"][i, 0] & 0xFFFFFFFF)))
+        truncated = (r["flags"] & (wire.SC_PATH_TRUNCATED | wire.SC_PATH2_TRUNCATED)) != 0
+        return [pa.array(path, pa.string()), pa.array(path2, pa.string()), pa.array(addr, pa.string()),
+                pa.array(fd, pa.int64()), truncated, escaped]
+
+    def process_event(self, event: dict):
+        self._proc.write(orjson.dumps(event) + b"\n")
+
+    def flush(self, comms: Comms):
+        self.add(np.empty(0, wire.syscall_args_event if self.with_args else wire.syscall_event),
+                 comms, force=True)
+
+    def close(self, metadata: dict):
+        self._pq.close()
+        self._proc.close()
+        with self._create("metadata.json") as f:
+            f.write(orjson.dumps(metadata, option=orjson.OPT_INDENT_2) + b"\n")
