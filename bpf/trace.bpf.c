@@ -105,14 +105,10 @@ static __always_inline void emit(struct inflight *in, long ret, __u64 now)
 	bpf_ringbuf_submit(e, submit_flags());
 }
 
-static __always_inline void decode_args(struct inflight *in, struct pt_regs *regs,
-					struct syscall_spec *spec)
+static __always_inline void decode_args(struct inflight *in, struct syscall_spec *spec)
 {
 	struct syscall_args_event *r = &in->rec;
-	int i;
 
-	for (i = 0; i < 6; i++)
-		r->args[i] = syscall_arg(regs, i);
 	r->path_len = r->path2_len = r->addr_len = 0;
 	in->addr_at_exit = 0;
 	if (!spec)
@@ -136,14 +132,14 @@ static __always_inline void decode_args(struct inflight *in, struct pt_regs *reg
 	}
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(trace_enter, struct pt_regs *regs, long id)
+static __always_inline int on_enter(__u32 nr, struct pt_regs *regs)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u32 tgid = pid_tgid >> 32, nr = id;
+	__u32 tgid = pid_tgid >> 32;
 	struct syscall_spec *spec = NULL;
 	struct inflight *in;
 	__u8 *state = bpf_map_lookup_elem(&traced, &tgid);
+	int i;
 
 	if (!state)
 		return 0;
@@ -168,8 +164,11 @@ int BPF_PROG(trace_enter, struct pt_regs *regs, long id)
 	in->rec.sc.tid = (__u32)pid_tgid;
 	in->rec.sc.nr = nr;
 	in->rec.sc.flags = 0;
-	if (with_args)
-		decode_args(in, regs, spec);
+	if (with_args) {
+		for (i = 0; i < 6; i++)
+			in->rec.args[i] = syscall_arg(regs, i);
+		decode_args(in, spec);
+	}
 	if (nr == nr_exit || nr == nr_exit_group) {
 		/* never returns: report it now */
 		in->rec.sc.flags |= SC_NO_RETURN;
@@ -181,8 +180,7 @@ int BPF_PROG(trace_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(trace_exit, struct pt_regs *regs, long ret)
+static __always_inline int on_exit(long ret)
 {
 	struct inflight *in = bpf_task_storage_get(&inflight, bpf_get_current_task_btf(), 0, 0);
 
@@ -199,4 +197,16 @@ int BPF_PROG(trace_exit, struct pt_regs *regs, long ret)
 	}
 	emit(in, ret, bpf_ktime_get_boot_ns());
 	return 0;
+}
+
+SEC("tp_btf/sys_enter")
+int BPF_PROG(trace_enter, struct pt_regs *regs, long id)
+{
+	return on_enter(id, regs);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(trace_exit, struct pt_regs *regs, long ret)
+{
+	return on_exit(ret);
 }

@@ -92,6 +92,7 @@ class TraceSession:
         self.pids: list[int] = []
         self.captured = 0
         self._sources = []
+        self._final_lost: int | None = None
 
     def start(self):
         from .linux.process import ProcessSource
@@ -219,6 +220,7 @@ class TraceSession:
         end_ns = time.time_ns()
         self.writer.flush(self.comms)
         self.writer.close(self.metadata(end_ns))
+        self._final_lost = self.lost()
         for s in self._sources:
             s.close()
 
@@ -231,6 +233,8 @@ class TraceSession:
             self._reap(block=True)
 
     def lost(self) -> int:
+        if self._final_lost is not None:
+            return self._final_lost
         return self.syscalls.lost() + self.procs.stats()["lost_kernel"]
 
     def metadata(self, end_ns: int) -> dict:

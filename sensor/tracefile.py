@@ -83,6 +83,9 @@ class Comms:
 
 class TraceWriter:
     def __init__(self, out: Path, with_args: bool, boot_offset_ns: int):
+        # one encoding thread: the traced workload needs the other cores more than we do
+        pa.set_cpu_count(1)
+        pa.set_io_thread_count(1)
         self.out = Path(out)
         self.out.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.with_args = with_args

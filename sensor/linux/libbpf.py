@@ -55,6 +55,7 @@ _SIGNATURES = {
     "bpf_program__section_name": (ctypes.c_char_p, [ctypes.c_void_p]),
     "bpf_program__set_autoload": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_bool]),
     "bpf_program__attach": (ctypes.c_void_p, [ctypes.c_void_p]),
+    "bpf_program__fd": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_link__destroy": (ctypes.c_int, [ctypes.c_void_p]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64]),
@@ -213,6 +214,25 @@ class BpfObject:
                 raise BpfLoadError(f"attaching {name} to {section}: {os.strerror(err)}{hint}")
             self._links.append(link)
         return self
+
+    def recursion_misses(self) -> int:
+        """Runs the kernel skipped because the program was already running on that CPU.
+
+        On preemptible kernels a task can be preempted inside a tracing program; another task
+        hitting the same program on that CPU is then not traced. The kernel counts it per
+        program (fdinfo, 5.12+); we report it as loss.
+        """
+        total = 0
+        for prog in self._programs():
+            fd = lib().bpf_program__fd(prog)
+            if fd < 0:
+                continue
+            try:
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    total += sum(int(line.split()[1]) for line in f if line.startswith("recursion_misses:"))
+            except OSError:
+                pass
+        return total
 
     def map_fd(self, name: str) -> int:
         return lib().bpf_map__fd(self._map(name))

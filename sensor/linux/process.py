@@ -147,7 +147,8 @@ class ProcessSource:
 
     def stats(self) -> dict:
         lost = self._obj.map("lost") if self._obj else None
-        kernel = sum(sum(lost.percpu_u64(t)) for t in wire.EVENT_TYPES) if lost else 0
+        kernel = (sum(sum(lost.percpu_u64(t)) for t in wire.EVENT_TYPES) + self._obj.recursion_misses()
+                  if lost else 0)
         return {"lost_kernel": kernel, "lost_user": self.decode_errors,
                 "queue_bytes": self._rb.pending() if self._rb else 0}
 

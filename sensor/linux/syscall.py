@@ -28,6 +28,7 @@ class SyscallSource:
         self.object_path = object_path
         self.dtype = wire.syscall_args_event if with_args else wire.syscall_event
         self._obj = self._rb = None
+        self._final_lost = 0
 
     def start(self):
         nums = syscalls.numbers()
@@ -57,7 +58,11 @@ class SyscallSource:
         return self._rb.read_fixed(self.dtype, max_records)
 
     def lost(self) -> int:
-        return sum(self._obj.map("lost").percpu_u64(wire.EVENT_SYSCALL)) if self._obj else 0
+        """Records that never reached user space: ring buffer full, or a run the kernel skipped."""
+        if self._obj is None:
+            return self._final_lost
+        self._final_lost = sum(self._obj.map("lost").percpu_u64(wire.EVENT_SYSCALL)) + self._obj.recursion_misses()
+        return self._final_lost
 
     def queue_bytes(self) -> int:
         return self._rb.pending() if self._rb else 0
@@ -67,6 +72,7 @@ class SyscallSource:
             self._obj.detach()
 
     def close(self):
+        self.lost()  # remembered: metadata and the summary are written after close
         if self._rb:
             self._rb.close()
             self._rb = None
