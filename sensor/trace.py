@@ -125,6 +125,8 @@ class TraceSession:
             os.close(release)
         self.start_ns = time.time_ns()
         self.started = now
+        print(f"sensor trace: tracing pids {', '.join(map(str, self.pids))} into {opts.out}", file=sys.stderr,
+              flush=True)
         return self
 
     def _drain_processes(self):

@@ -96,7 +96,8 @@ class TraceWriter:
         self.row_group = ROW_GROUP_ARGS if with_args else ROW_GROUP
         self._pending: list[np.ndarray] = []
         self._pending_rows = 0
-        self._pq = pq.ParquetWriter(self._create("syscalls.parquet"), self.schema, compression="zstd")
+        self._pq_file = self._create("syscalls.parquet")
+        self._pq = pq.ParquetWriter(self._pq_file, self.schema, compression="zstd")
         self._proc = self._create("processes.jsonl")
 
     def _create(self, name: str):
@@ -157,6 +158,7 @@ class TraceWriter:
 
     def close(self, metadata: dict):
         self._pq.close()
+        self._pq_file.close()  # the writer leaves a file object it was given open, unflushed
         self._proc.close()
         with self._create("metadata.json") as f:
             f.write(orjson.dumps(metadata, option=orjson.OPT_INDENT_2) + b"\n")
