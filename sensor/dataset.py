@@ -1,0 +1,326 @@
+"""Datasets from trace directories: info, and export to Parquet, CSV, ADFA-LD and LID-DS 2021."""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import struct
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from . import __version__
+from .errors import SensorError
+
+FORMATS = ("parquet", "csv", "adfa", "lidds")
+LIDDS_RES_HEADER = "timestamp,cpu_usage,memory_usage,network_received,network_send,storage_read,storage_written\n"
+# An empty capture: the pcap global header (little-endian, v2.4, snaplen 65535, Ethernet)
+EMPTY_PCAP = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+
+
+class DatasetError(SensorError):
+    """A trace directory or export request is unusable; the message says which and why."""
+
+
+def parse_label(label: str | None) -> tuple[str, str | None]:
+    """("normal", None), ("attack", NAME), or ("other", text) for any other label."""
+    if label is None or label == "normal":
+        return "normal", None
+    if label.startswith("attack:") and label[7:]:
+        return "attack", label[7:]
+    return "other", label
+
+
+@dataclass
+class Run:
+    path: Path
+    meta: dict
+    kind: str
+    name: str | None
+    split: str = ""
+    outputs: list[dict] = field(default_factory=list)
+
+    @property
+    def parquet(self) -> Path:
+        return self.path / "syscalls.parquet"
+
+
+def load_run(path) -> Run:
+    path = Path(path)
+    for f in ("syscalls.parquet", "metadata.json"):
+        if not (path / f).is_file():
+            raise DatasetError(f"{path}: no {f}: not a trace directory written by `sensor trace`")
+    try:
+        meta = json.loads((path / "metadata.json").read_text())
+    except ValueError as exc:
+        raise DatasetError(f"{path}/metadata.json: invalid JSON: {exc}") from None
+    kind, name = parse_label(meta.get("label"))
+    return Run(path, meta, kind, name)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def info(trace_dir, top: int = 10) -> dict:
+    run = load_run(trace_dir)
+    f = pq.ParquetFile(run.parquet)
+    counts: Counter[str] = Counter()
+    pids: set[int] = set()
+    for batch in f.iter_batches(columns=["syscall", "pid"]):
+        counts.update(batch.column("syscall").to_pylist())
+        pids.update(batch.column("pid").unique().to_pylist())
+    m = run.meta
+    return {"path": str(run.path), "label": m.get("label"), "command": m.get("command"),
+            "rows": f.metadata.num_rows, "captured": m.get("captured"), "lost": m.get("lost"),
+            "duration_s": (m["end_ns"] - m["start_ns"]) / 1e9 if "end_ns" in m else None,
+            "processes": len(pids), "syscalls": dict(counts.most_common(top)),
+            "distinct_syscalls": len(counts), "sha256": sha256(run.parquet)}
+
+
+def format_info(d: dict) -> str:
+    lines = [f"{d['path']}: label {d['label']!r}, {d['rows']:,} syscalls ({d['distinct_syscalls']} distinct) "
+             f"from {d['processes']} processes, {d['lost']:,} lost, {d['duration_s'] or 0:.2f} s",
+             f"  command: {' '.join(d['command'] or []) or '-'}", f"  sha256: {d['sha256']}"]
+    lines += [f"  {n:>12,}  {name}" for name, n in d["syscalls"].items()]
+    return "\n".join(lines)
+
+
+def split_runs(runs: list[Run], train: float, validation: float, test: float, seed: int):
+    """Normal runs into training/validation/test by the proportions (by run, seeded)."""
+    if min(train, validation, test) < 0 or abs(train + validation + test - 1) > 1e-6:
+        raise DatasetError(f"--train/--validation/--test must be >= 0 and add up to 1, got {train}+{validation}+{test}")
+    normal = sorted((r for r in runs if r.kind == "normal"), key=lambda r: str(r.path))
+    random.Random(seed).shuffle(normal)
+    n_train = round(len(normal) * train)
+    n_val = round(len(normal) * validation)
+    for i, r in enumerate(normal):
+        r.split = "training" if i < n_train else "validation" if i < n_train + n_val else "test"
+    for r in runs:
+        if r.kind != "normal":
+            r.split = "attack" if r.kind == "attack" else "other"
+
+
+def export(trace_dirs, fmt: str, out, *, train=0.7, validation=0.15, test=0.15, seed=0) -> dict:
+    if fmt not in FORMATS:
+        raise DatasetError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    runs = [load_run(p) for p in trace_dirs]
+    if not runs:
+        raise DatasetError("no trace directories given")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    split_runs(runs, train, validation, test, seed)
+    skipped = []
+    if fmt in ("adfa", "lidds"):
+        skipped = [{"source": str(r.path), "label": r.meta.get("label"),
+                    "reason": "label is neither `normal` nor `attack:NAME`"} for r in runs if r.kind == "other"]
+        runs = [r for r in runs if r.kind != "other"]
+    {"parquet": _tabular, "csv": _tabular, "adfa": _adfa, "lidds": _lidds}[fmt](runs, out, fmt)
+    manifest = {
+        "format": fmt, "sensor_version": __version__, "seed": seed,
+        "proportions": {"training": train, "validation": validation, "test": test},
+        "runs": [{"source": str(r.path), "label": r.meta.get("label"), "split": r.split,
+                  "captured": r.meta.get("captured"), "lost": r.meta.get("lost"),
+                  "sha256": sha256(r.parquet), "outputs": r.outputs} for r in runs],
+        "skipped": skipped,
+    }
+    (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    return manifest
+
+
+def _record(run: Run, out: Path, path: Path, **extra):
+    run.outputs.append({"path": str(path.relative_to(out)), "sha256": sha256(path), **extra})
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _tabular(runs: list[Run], out: Path, fmt: str):
+    """One table of every run's rows, with run, label and split columns added.
+
+    Runs captured with and without --args have different columns: the union is written, a
+    column a run lacks is null there.
+    """
+    fields: dict[str, pa.DataType] = {}
+    for r in runs:
+        for f in pq.read_schema(r.parquet):
+            fields.setdefault(f.name, _plain(f.type))
+    schema = pa.schema(list(fields.items()) + [("run", pa.string()), ("label", pa.string()),
+                                               ("split", pa.string())])
+    target = out / f"dataset.{fmt}"
+    writer = (pq.ParquetWriter(target, schema, compression="zstd") if fmt == "parquet"
+              else pacsv.CSVWriter(target, schema))
+    try:
+        for r in runs:
+            extra = {"run": r.path.name, "label": r.meta.get("label"), "split": r.split}
+            for batch in pq.ParquetFile(r.parquet).iter_batches():
+                n = batch.num_rows
+                cols = []
+                for f in schema:
+                    if f.name in extra:
+                        cols.append(pa.array([extra[f.name]] * n, f.type))
+                    elif f.name in batch.schema.names:
+                        cols.append(batch.column(f.name).cast(f.type))
+                    else:
+                        cols.append(pa.nulls(n, f.type))
+                writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+    finally:
+        writer.close()
+    digest = sha256(target)
+    for r in runs:
+        r.outputs.append({"path": target.name, "sha256": digest})
+
+
+def _per_process(run: Run) -> dict[int, list[int]]:
+    """Syscall numbers per process, in time order (threads of a process interleaved by time)."""
+    t = pq.read_table(run.parquet, columns=["timestamp_ns", "pid", "syscall_nr"]).sort_by("timestamp_ns")
+    out: dict[int, list[int]] = {}
+    for pid, nr in zip(t["pid"].to_pylist(), t["syscall_nr"].to_pylist()):
+        out.setdefault(pid, []).append(nr)
+    return out
+
+
+def _adfa(runs: list[Run], out: Path, fmt: str):
+    """ADFA-LD: one file per process trace, one line of space-separated syscall numbers."""
+    dirs = {"training": "Training_Data_Master", "validation": "Validation_Data_Master",
+            "test": "Validation_Data_Master", "attack": "Attack_Data_Master"}
+    for d in set(dirs.values()):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    counters = Counter()
+    attack_runs: Counter[str] = Counter()
+    # validation before test: loaders take the first N of Validation_Data_Master, sorted
+    for split in ("training", "validation", "test", "attack"):
+        for r in (r for r in runs if r.split == split):
+            if split == "attack":
+                name = re.sub(r"[^A-Za-z0-9_]", "_", r.name)
+                attack_runs[name] += 1
+                folder = out / dirs[split] / f"{name}_{attack_runs[name]}"
+                folder.mkdir(parents=True, exist_ok=True)
+            for pid, nrs in sorted(_per_process(r).items()):
+                counters[split] += 1
+                if split == "attack":
+                    counters["all"] += 1
+                    path = folder / f"UAD-{name.replace('_', '-')}-{attack_runs[name]}-{counters['all']}.txt"
+                elif split == "training":
+                    path = out / dirs[split] / f"UTD-{counters[split]:04d}.txt"
+                else:
+                    path = out / dirs[split] / f"UVD-{counters['validation'] + counters['test']:04d}.txt"
+                path.write_text(" ".join(map(str, nrs)) + " \n")
+                _record(r, out, path, pid=pid, syscalls=len(nrs))
+
+
+def _lidds_value(v) -> str:
+    # the loader splits a line on single spaces: no value may contain one
+    return str(v).replace("%", "%25").replace(" ", "%20").replace("\n", "%0A")
+
+
+def _uids(run: Run) -> dict[int, int]:
+    uids = {}
+    procs = run.path / "processes.jsonl"
+    if procs.exists():
+        for line in procs.read_bytes().splitlines():
+            e = orjson.loads(line)
+            p = e.get("process", {})
+            uid = (p.get("user") or {}).get("id") or (e.get("user") or {}).get("id")
+            if uid is not None:
+                uids[p["pid"]] = int(uid)
+    return uids
+
+
+def _lidds(runs: list[Run], out: Path, fmt: str):
+    """LID-DS 2021: a scenario of zipped recordings (.sc, .json, .res, .pcap) per split."""
+    folders = {"training": "training", "validation": "validation", "test": "test/normal",
+               "attack": "test/normal_and_attack"}
+    for i, r in enumerate(sorted(runs, key=lambda r: (r.split, str(r.path))), 1):
+        name = f"{re.sub(r'[^A-Za-z0-9]+', '_', r.path.name).strip('_') or 'run'}_{i}"
+        folder = out / folders[r.split]
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{name}.zip"
+        with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            with z.open(f"{name}.sc", "w") as sc:
+                _lidds_lines(r, sc)
+            z.writestr(f"{name}.json", json.dumps(_lidds_json(r)))
+            z.writestr(f"{name}.res", LIDDS_RES_HEADER)
+            z.writestr(f"{name}.pcap", EMPTY_PCAP)
+        _record(r, out, target, recording=name)
+
+
+def _lidds_lines(r: Run, sc):
+    """Each call as an entry line (`>`, with its arguments) and an exit line (`<`, res=)."""
+    uids = _uids(r)
+    t = pq.read_table(r.parquet)
+    cols = set(t.column_names)
+    rows = []
+    for row in t.to_pylist():
+        comm = _lidds_value(row["comm"] or "?")
+        head = (row["pid"], comm, row["tid"], row["syscall"])
+        params = []
+        for key in ("fd", "path", "path2", "addr"):
+            if key in cols and row[key] is not None:
+                params.append(f"{key}={_lidds_value(row[key])}")
+        rows.append((row["timestamp_ns"], 0, head, ">", params))
+        if row["duration_ns"] or row["syscall"] not in ("exit", "exit_group"):
+            rows.append((row["timestamp_ns"] + row["duration_ns"], 1, head, "<", [f"res={row['ret']}"]))
+    rows.sort(key=lambda x: (x[0], x[1]))
+    for ts, _, (pid, comm, tid, name), direction, params in rows:
+        line = " ".join([str(ts), str(uids.get(pid, 0)), str(pid), comm, str(tid), name, direction, *params])
+        sc.write(line.encode() + b"\n")
+
+
+def _lidds_json(r: Run) -> dict:
+    m = r.meta
+    start = m.get("start_ns", 0) / 1e9
+    attack = r.kind == "attack"
+    exploit_at = m.get("attack_start_ns", m.get("start_ns", 0)) / 1e9
+    containers = [{"ip": "127.0.0.1", "name": "traced", "role": "normal"}]
+    if attack:
+        containers.append({"ip": "127.0.0.1", "name": "attacker", "role": "attacker"})
+    return {
+        "container": containers, "exploit": attack, "exploit_name": r.name if attack else "",
+        "image": (m.get("command") or ["unknown"])[0],
+        "recording_time": round((m.get("end_ns", 0) - m.get("start_ns", 0)) / 1e9),
+        "time": {"container_ready": {"absolute": start, "source": "sensor"},
+                 "warmup_end": {"absolute": start, "source": "sensor"},
+                 "exploit": [{"absolute": exploit_at, "name": r.name, "source": "sensor"}] if attack else []},
+    }
+
+
+def register(sub):
+    ds = sub.add_parser("dataset", help="turn trace directories into datasets")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    ex = dsub.add_parser("export", help="merge traces into one dataset")
+    ex.add_argument("trace_dirs", nargs="+", metavar="TRACE_DIR")
+    ex.add_argument("--format", required=True, choices=FORMATS)
+    ex.add_argument("-o", "--output", required=True, metavar="OUT")
+    ex.add_argument("--train", type=float, default=0.7, help="share of normal runs for training (0.7)")
+    ex.add_argument("--validation", type=float, default=0.15, help="share for validation (0.15)")
+    ex.add_argument("--test", type=float, default=0.15, help="share for the normal test set (0.15)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
+    inf = dsub.add_parser("info", help="summarize a trace directory")
+    inf.add_argument("trace_dir", metavar="TRACE_DIR")
+    inf.add_argument("--json", action="store_true")
+
+
+def run(args) -> int:
+    if args.dataset_command == "info":
+        d = info(args.trace_dir)
+        print(json.dumps(d, indent=2) if args.json else format_info(d))
+        return 0
+    m = export(args.trace_dirs, args.format, args.output, train=args.train, validation=args.validation,
+               test=args.test, seed=args.seed)
+    n = sum(len(r["outputs"]) for r in m["runs"])
+    print(f"sensor dataset: {len(m['runs'])} runs -> {n} files in {args.output} ({args.format}); "
+          f"manifest.json written" + (f"; {len(m['skipped'])} runs skipped (see manifest)" if m["skipped"] else ""))
+    return 0
