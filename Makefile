@@ -15,7 +15,7 @@ BPF_HDR := $(wildcard bpf/*.h bpf/lib/*.h)
 VMLINUX := build/vmlinux.h
 BPF_CFLAGS := -O2 -g -Wall -target bpf -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf
 
-.PHONY: run install test deps bpf venv bench clean mounts
+.PHONY: run install test deps bpf venv bench bench-tools clean mounts
 
 run: install mounts
 	$(VENV)/bin/sensor run $(ARGS)
@@ -25,8 +25,24 @@ install: deps bpf venv
 test: install mounts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-bench: install mounts
+BENCH_TOOLS := strace linux-perf bpftrace libelf-dev zlib1g-dev
+
+bench: install mounts bench-tools
 	$(VPY) bench/run.py
+	$(VPY) bench/trace.py
+
+# Tools the benchmarks compare against, and the minimal C tracer (built here, never shipped).
+bench-tools: build/mintrace
+	@missing=$$(for p in $(BENCH_TOOLS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; fi
+
+build/mintrace: bench/mintrace/mintrace.c bench/mintrace/mintrace.bpf.c $(VMLINUX)
+	@DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libelf-dev zlib1g-dev >/dev/null
+	clang $(BPF_CFLAGS) -c bench/mintrace/mintrace.bpf.c -o build/mintrace.bpf.o
+	bpftool gen skeleton build/mintrace.bpf.o > build/mintrace.skel.h
+	gcc -O2 -Ibuild -o $@ bench/mintrace/mintrace.c -lbpf -lelf -lz
 
 # Debian packages, installed only when one is missing.
 deps:

@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--args", action="store_true", help="record the six raw arguments and decode paths, addresses, fds")
     tr.add_argument("--label", help="dataset label: normal, attack:NAME, or any text")
     tr.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
-    tr.add_argument("--ring-buffer-bytes", default="64MiB", metavar="SIZE", help="kernel ring buffer (default 64MiB)")
+    tr.add_argument("--ring-buffer-bytes", default="32MiB", metavar="SIZE", help="kernel ring buffer (default 32MiB)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="live progress line (default: when stderr is a terminal)")
     tr.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS", help="launch and trace it")

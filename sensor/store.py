@@ -1,13 +1,14 @@
 """The local store: rotating JSON Lines segments, zstd-compressed when closed, size-bounded."""
 from __future__ import annotations
 
-import errno
+import fcntl
 import io
 import logging
 import os
 import re
 import time
-from datetime import datetime, timezone
+from collections import deque
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -19,30 +20,75 @@ from .schema import parse_time as parse_timestamp  # noqa: F401  (part of the st
 
 log = logging.getLogger("sensor.store")
 
-MAX_PENDING = 64 << 20  # unwritable bytes kept for retry (full disk) before dropping oldest
-_SEGMENT = re.compile(r"^events-.*\.jsonl(\.zst)?$")
+FLUSH_BYTES = 256 << 10  # flush early once this much is buffered, whatever the interval
+_SEGMENT = re.compile(r"^events-.+\.jsonl(\.zst)?$")
 
 
 def segments(data_dir) -> list[Path]:
-    """Every segment, oldest first (names sort chronologically)."""
+    """Every segment, oldest first; of one stem caught mid-compression, the .zst sorts first."""
     d = Path(data_dir) / "events"
-    if not d.is_dir():
+    try:
+        names = [n for n in os.listdir(d) if _SEGMENT.match(n)]
+    except FileNotFoundError:
         return []
-    return sorted((p for p in d.iterdir() if _SEGMENT.match(p.name)), key=lambda p: _stem(p))
+    return [d / n for n in sorted(names, key=lambda n: (_stem(n), not n.endswith(".zst")))]
 
 
-def _stem(p: Path) -> str:
-    return p.name.split(".jsonl", 1)[0]
+def _stem(name: str) -> str:
+    return name.split(".jsonl", 1)[0]
 
 
 def _private_dir(path: Path):
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    os.chmod(path, 0o700)  # mkdir's mode loses to the umask, and a pre-existing dir keeps its own
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a live writer holds this plain segment (the kernel drops a killed one's flock)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True  # gone meanwhile: nothing to recover or delete
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _cut_partial(path: Path) -> bool:
+    """Cuts a torn last line (a writer killed mid-write) off a plain segment; True if it had one."""
+    with open(path, "rb+") as f:
+        pos = end = f.seek(0, os.SEEK_END)
+        if end == 0 or (f.seek(end - 1), f.read(1))[1] == b"\n":
+            return False
+        while pos > 0:  # backwards in blocks: segments are large, the torn line is short
+            start = max(0, pos - (64 << 10))
+            f.seek(start)
+            nl = f.read(pos - start).rfind(b"\n")
+            if nl >= 0:
+                f.truncate(start + nl + 1)
+                return True
+            pos = start
+        f.truncate(0)
+        return True
+
+
+def _fsync_dir(path: Path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class Store:
+    """Buffers events, appends them to the open segment, rotates, compresses and prunes."""
+
     def __init__(self, data_dir, *, segment_bytes=64 << 20, segment_seconds=3600.0,
-                 retention_bytes=1 << 30, flush_interval=1.0):
+                 retention_bytes=1 << 30, flush_interval=1.0, pending_bytes=64 << 20):
         self.data_dir = Path(data_dir)
         self.events_dir = self.data_dir / "events"
         try:
@@ -53,179 +99,220 @@ class Store:
                              hint="choose another with --data-dir, or run as root") from None
         self.segment_bytes, self.segment_seconds = segment_bytes, segment_seconds
         self.retention_bytes, self.flush_interval = retention_bytes, flush_interval
+        self.pending_bytes = pending_bytes  # kept for retry while the disk refuses, oldest dropped first
         self.written = self.dropped = self.recovered_partial = 0
         self.last_error: str | None = None
-        self._warned: set[str] = set()
-        self._buf: list[bytes] = []
-        self._buf_events: list[int] = []  # events per buffered chunk, for drop counting
+        self._warned: set = set()
+        self._failing = False
+        self._buf: deque[bytes] = deque()  # one serialized line per event
         self._buf_bytes = 0
         self._fd: int | None = None
         self._path: Path | None = None
         self._seg_size = 0
         self._opened = 0.0
-        self._last_flush = time.monotonic()
+        self._last_stamp = datetime.min.replace(tzinfo=timezone.utc)
         self._n = 0
+        self._due = time.monotonic() + flush_interval
         self._closed = False
         self._recover()
-
-    # -- writing ---------------------------------------------------------------------------
+        self._retain()
 
     def write(self, event: dict) -> None:
         try:
             line = orjson.dumps(event) + b"\n"
-        except TypeError as exc:
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             self.dropped += 1
-            self._warn(f"event not serializable: {exc}")
+            self._warn(("encode", str(exc)), f"store: event dropped, not serializable: {exc}")
+            return
+        if self._closed:
+            self.dropped += 1
+            self._warn(("closed",), "store: event written after close() dropped")
             return
         self._buf.append(line)
-        self._buf_events.append(1)
         self._buf_bytes += len(line)
-        if self._buf_bytes >= 256 << 10 or time.monotonic() - self._last_flush >= self.flush_interval:
-            self.flush()
+        if self._buf_bytes > self.pending_bytes:
+            self._bound_pending()
+        now = time.monotonic()
+        if now >= self._due:
+            self.tick()
+        elif self._buf_bytes >= FLUSH_BYTES and not self._failing:
+            self.flush()  # a failing disk is retried on the interval, not on every write
 
     def tick(self) -> None:
+        """Time-based flush and age rotation; cheap enough to call on every loop."""
         now = time.monotonic()
-        if self._buf and now - self._last_flush >= self.flush_interval:
-            self.flush()
         if self._fd is not None and now - self._opened >= self.segment_seconds:
             self.rotate()
+        elif self._buf and now >= self._due:
+            self.flush()
 
     def flush(self) -> None:
-        self._last_flush = time.monotonic()
+        """Hands every buffered event to the open segment, rotating at segment_bytes."""
+        self._due = time.monotonic() + self.flush_interval
         while self._buf:
             if self._fd is None and not self._open():
-                break
-            # fill the open segment up to segment_bytes, at line boundaries (at least one line)
-            room, n, size = self.segment_bytes - self._seg_size, 0, 0
-            while n < len(self._buf) and (n == 0 or size + len(self._buf[n]) <= room):
-                size += len(self._buf[n])
-                n += 1
-            data = b"".join(self._buf[:n])
+                return
+            # take whole lines up to the segment's room; a line longer than a segment goes alone
+            lines, size, room = [], 0, self.segment_bytes - self._seg_size
+            for line in self._buf:
+                if size + len(line) > room and (lines or self._seg_size):
+                    break
+                lines.append(line)
+                size += len(line)
+            if not lines:
+                self._rotate()
+                continue
             try:
-                written = os.write(self._fd, data)
+                n = self._append(lines)
             except OSError as exc:
-                self._failed(exc)
-                break
-            # a short write (disk filling up) leaves the rest buffered for a retry
-            self._consume(written)
-            self._seg_size += written
-            if written < len(data):
-                self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-                break
-            if self._seg_size >= self.segment_bytes or self._buf:
-                self.rotate()
-        self._bound_pending()
+                self._failed(exc, "write", self._path)
+                return
+            if n == 0:
+                self._failed(OSError(0, "short write (disk full?)"), "write", self._path)
+                return
+            if self._seg_size >= self.segment_bytes:
+                self._rotate()
+        if self._failing:
+            self._failing = False
+            self._warned.clear()  # warn again if the disk fills again
+            log.warning("store: writing again to %s (%d events dropped so far)", self.events_dir, self.dropped)
 
-    def _consume(self, nbytes: int):
-        """Drops `nbytes` of written data from the front of the buffer, counting whole events."""
-        while nbytes and self._buf:
-            head = self._buf[0]
-            if len(head) <= nbytes:
-                nbytes -= len(head)
-                self._buf_bytes -= len(head)
-                self.written += self._buf_events[0]
-                self._buf.pop(0)
-                self._buf_events.pop(0)
-            else:
-                self._buf[0] = head[nbytes:]
-                self._buf_bytes -= nbytes
-                nbytes = 0
+    def _append(self, lines: list[bytes]) -> int:
+        """Writes lines to the open segment; returns how many went in whole."""
+        data = b"".join(lines)
+        n = os.write(self._fd, data)
+        k = len(lines)
+        if n < len(data):
+            # A filling disk took part of a line: cut it off so every segment holds whole lines,
+            # and keep that line buffered for the retry.
+            k, whole = 0, 0
+            while whole + len(lines[k]) <= n:
+                whole += len(lines[k])
+                k += 1
+            try:
+                os.ftruncate(self._fd, self._seg_size + whole)
+            except OSError:
+                whole = self.segment_bytes  # the torn line stays last: continue in a new segment
+            n = whole
+        self._seg_size += n
+        for _ in range(k):
+            self._buf_bytes -= len(self._buf.popleft())
+        self.written += k
+        return k
 
     def _bound_pending(self):
-        while self._buf_bytes > MAX_PENDING and len(self._buf) > 1:
-            # never drop the head: it may be half written already
-            chunk = self._buf.pop(1)
-            self._buf_bytes -= len(chunk)
-            self.dropped += self._buf_events.pop(1)
+        while self._buf_bytes > self.pending_bytes and len(self._buf) > 1:
+            self._buf_bytes -= len(self._buf.popleft())
+            self.dropped += 1
 
-    def _failed(self, exc: OSError):
-        self.last_error = f"{self._path or self.events_dir}: {exc.strerror or exc}"
-        self._warn(self.last_error)
+    def _failed(self, exc: OSError, what: str, path):
+        self._failing = True
+        self._error(exc, what, path, "events stay buffered (up to %d MiB) and are retried"
+                    % (self.pending_bytes >> 20))
 
-    def _warn(self, msg: str):
-        if msg not in self._warned:
-            self._warned.add(msg)
-            log.warning("store: %s (events are kept in memory and retried)", msg)
+    def _error(self, exc: OSError, what: str, path, consequence: str):
+        self.last_error = f"cannot {what} {path}: {exc.strerror or exc}"
+        self._warn((what, exc.errno), f"store: {self.last_error}; {consequence}")
+
+    def _warn(self, key: tuple, msg: str):
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg)
 
     def _open(self) -> bool:
+        # names sort chronologically, even if the wall clock steps back
+        self._last_stamp = max(datetime.now(timezone.utc), self._last_stamp + timedelta(microseconds=1))
         self._n += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = self.events_dir / f"events-{stamp}-{os.getpid()}-{self._n:04d}.jsonl"
+        name = f"events-{self._last_stamp:%Y%m%dT%H%M%S.%fZ}-{os.getpid()}-{self._n:04d}.jsonl"
+        path = self.events_dir / name
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            self._failed(exc)
+            self._failed(exc, "create", path)
             return False
-        self._path, self._seg_size, self._opened = path, 0, time.monotonic()
+        fcntl.flock(fd, fcntl.LOCK_EX)  # tells another store's recovery that this one is live
+        self._fd, self._path, self._seg_size, self._opened = fd, path, 0, time.monotonic()
         return True
 
     def rotate(self) -> None:
-        """Closes the open segment, compresses it, applies retention."""
+        """Flushes, then closes and compresses the open segment; the next flush opens a new one."""
+        self.flush()
+        self._rotate()
+
+    def _rotate(self):
         if self._fd is None:
             return
         os.close(self._fd)
         path, self._fd, self._path = self._path, None, None
         if self._seg_size == 0:
             path.unlink(missing_ok=True)
-        else:
-            self._compress(path)
+        self._recover()  # compresses it, and retries any a full disk left plain
         self._retain()
 
     def _compress(self, path: Path) -> bool:
         target = path.with_name(path.name + ".zst")
         tmp = path.with_name(path.name + ".zst.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             with open(fd, "wb") as out, open(path, "rb") as src:
                 zstandard.ZstdCompressor(level=3).copy_stream(src, out)
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(tmp, target)
+            _fsync_dir(self.events_dir)  # the .zst is durable before the plain copy goes
             path.unlink()
             return True
         except OSError as exc:
-            # the plain segment stays: still readable, compressed on a later start
             tmp.unlink(missing_ok=True)
-            self._failed(exc)
+            self._error(exc, "compress", path, "the plain segment is kept and retried at the next rotation")
             return False
 
+    def _recover(self):
+        """Compresses closed plain segments: a killed run's (minus a torn last line) or a full disk's."""
+        for path in segments(self.data_dir):
+            if path.name.endswith(".zst") or path == self._path or _in_use(path):
+                continue
+            try:
+                if _cut_partial(path):
+                    self.recovered_partial += 1
+                    log.warning("store: cut a partial last line off %s (its writer was killed)", path.name)
+                if path.stat().st_size == 0:
+                    path.unlink()
+                    continue
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                self._error(exc, "recover", path, "left as it is")
+                continue
+            self._compress(path)
+
     def _retain(self):
-        closed = [p for p in segments(self.data_dir) if p.name.endswith(".zst")]
-        sizes = {p: p.stat().st_size for p in closed}
-        total = sum(sizes.values())
-        for p in closed:
+        """Deletes the oldest closed segments until they total at most retention_bytes."""
+        closed = []
+        for p in segments(self.data_dir):
+            if p == self._path or (not p.name.endswith(".zst") and _in_use(p)):
+                continue
+            try:
+                closed.append((p, p.stat().st_size))
+            except FileNotFoundError:
+                pass
+        total = sum(size for _, size in closed)
+        for p, size in closed:
             if total <= self.retention_bytes:
                 break
             p.unlink(missing_ok=True)
-            total -= sizes[p]
-
-    def _recover(self):
-        """Compresses segments a killed run left open, cutting a partial last line."""
-        for path in segments(self.data_dir):
-            if path.name.endswith(".zst"):
-                continue
-            with open(path, "rb+") as f:
-                data = f.read()
-                if data and not data.endswith(b"\n"):
-                    f.truncate(data.rfind(b"\n") + 1)
-                    self.recovered_partial += 1
-                    log.warning("store: cut a partial last line from %s (killed writer)", path.name)
-            if path.stat().st_size == 0:
-                path.unlink()
-            else:
-                self._compress(path)
-        for tmp in self.events_dir.glob("*.zst.tmp"):
-            tmp.unlink(missing_ok=True)
+            total -= size
 
     def close(self) -> None:
         if self._closed:
             return
-        self.flush()
         self.rotate()
-        self.dropped += sum(self._buf_events)  # what a full disk never let us write
-        self._buf.clear()
-        self._buf_events.clear()
-        self._buf_bytes = 0
+        if self._buf:
+            self.dropped += len(self._buf)
+            log.warning("store: %d events could not be written before close: %s", len(self._buf), self.last_error)
+            self._buf.clear()
+            self._buf_bytes = 0
         self._closed = True
 
     def __enter__(self):
@@ -237,52 +324,80 @@ class Store:
 
 # -- reading -------------------------------------------------------------------------------
 
-def _lines(path: Path) -> Iterator[bytes]:
-    """Complete lines of a segment; a plain segment's unterminated tail is not yet a line."""
-    with open(path, "rb") as f:
-        if path.name.endswith(".zst"):
-            reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))
-            yield from reader
-            return
-        for line in f:
-            if line.endswith(b"\n"):
-                yield line
-
-
-def _events(path: Path, lines: Iterator[bytes], skip: int, since_ns, counter: list) -> Iterator[dict]:
-    for lineno, line in enumerate(lines, 1):
-        counter[0] = lineno
-        if lineno <= skip:
-            continue
-        try:
-            event = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            log.warning("%s:%d: not a JSON event, skipped", path.name, lineno)
-            continue
-        if since_ns is not None and parse_timestamp(event.get("@timestamp", "1970-01-01T00:00:00Z")) < since_ns:
-            continue
-        yield event
-
-
 def read_events(data_dir, *, follow=False, since_ns=None, poll_interval=0.2) -> Iterator[dict]:
     """Stored events in order, across compressed and plain segments; `follow` tails like -F."""
-    done: dict[str, int] = {}  # segment stem -> lines already yielded
+    events_dir = Path(data_dir) / "events"
+    # stem -> [lines consumed, byte offset in the plain file, finished]; a stem is one segment
+    # whether plain or compressed, so a segment compressed while followed continues by line count
+    state: dict[str, list] = {}
     while True:
         progressed = False
-        for path in segments(data_dir):
-            stem = _stem(path)
-            if path.name.endswith(".zst") and stem in done and done[stem] < 0:
-                continue  # finished compressed segment
-            skip = abs(done.get(stem, 0))
-            counter = [skip]
-            try:
-                for event in _events(path, _lines(path), skip, since_ns, counter):
-                    progressed = True
-                    yield event
-            except FileNotFoundError:
-                pass  # compressed or removed meanwhile: the next pass reads the .zst
-            done[stem] = -counter[0] if path.name.endswith(".zst") else counter[0]
+        stems = {_stem(p.name) for p in segments(data_dir)}
+        stems.update(s for s, st in state.items() if not st[2])
+        for stem in sorted(stems):
+            st = state.setdefault(stem, [0, 0, False])
+            if st[2]:
+                continue
+            before = st[0]
+            yield from _read_segment(events_dir, stem, st, since_ns)
+            progressed |= st[0] != before
         if not follow:
             return
         if not progressed:
             time.sleep(poll_interval)
+
+
+def _read_segment(events_dir: Path, stem: str, st: list, since_ns) -> Iterator[dict]:
+    zst, plain = events_dir / f"{stem}.jsonl.zst", events_dir / f"{stem}.jsonl"
+    # The .zst is renamed into place before the plain copy is unlinked, so trying .zst, plain,
+    # .zst again finds one of them unless retention deleted the segment.
+    for path in (zst, plain, zst):
+        try:
+            f = open(path, "rb")
+            break
+        except FileNotFoundError:
+            pass
+    else:
+        st[2] = True
+        return
+    with f:
+        if path is plain:
+            f.seek(st[1])
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # still being written, or torn by a killed writer
+                st[0] += 1
+                st[1] += len(line)
+                event = _decode(line, path, st[0], since_ns)
+                if event is not None:
+                    yield event
+            return
+        reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True))
+        try:
+            for lineno, line in enumerate(reader, 1):
+                if lineno <= st[0]:
+                    continue  # yielded from the plain copy before it was compressed
+                st[0] = lineno
+                event = _decode(line, path, lineno, since_ns)
+                if event is not None:
+                    yield event
+        except zstandard.ZstdError as exc:
+            log.warning("%s: unreadable after line %d (%s), skipped", path, st[0], exc)
+        st[2] = True
+
+
+def _decode(line: bytes, path: Path, lineno: int, since_ns) -> dict | None:
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        event = None
+    if not isinstance(event, dict):
+        log.warning("%s:%d: not a JSON event, skipped", path, lineno)
+        return None
+    if since_ns is not None:
+        try:
+            if parse_timestamp(event["@timestamp"]) < since_ns:
+                return None
+        except (KeyError, AttributeError, TypeError, ValueError):
+            pass  # no usable @timestamp: not known to be earlier, so kept
+    return event

@@ -33,7 +33,7 @@ class TraceOptions:
     args: bool = False
     label: str | None = None
     duration: float | None = None
-    ring_buffer_bytes: int = 64 << 20
+    ring_buffer_bytes: int = 32 << 20
     progress: bool = True
 
 
@@ -154,7 +154,7 @@ class TraceSession:
                         self.comms.set(int(pid), 0, _proc_comm(int(pid)) or "")
                 self.writer.add(batch, self.comms)
                 n += len(batch)
-            if len(batch) < 1 << 20:
+            if len(batch) < 1 << 18:
                 self.captured += n
                 return n
 

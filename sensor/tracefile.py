@@ -17,7 +17,7 @@ from .schema import text
 
 # Rows per Parquet row group: large for good compression, bounded for memory (an --args record
 # is 736 bytes in the kernel's layout, a plain one 40).
-ROW_GROUP, ROW_GROUP_ARGS = 1 << 20, 1 << 17
+ROW_GROUP, ROW_GROUP_ARGS = 1 << 18, 1 << 16
 
 BASE = [("timestamp_ns", pa.int64()), ("duration_ns", pa.int64()), ("pid", pa.int32()),
         ("tid", pa.int32()), ("ppid", pa.int32()), ("comm", pa.dictionary(pa.int32(), pa.string())),
@@ -69,16 +69,23 @@ class Comms:
     def known(self, pid: int) -> bool:
         return pid in self.names
 
-    def columns(self, pids: np.ndarray, ts: np.ndarray) -> tuple[list[str], np.ndarray]:
-        comm = np.empty(len(pids), dtype=object)
+    def columns(self, pids: np.ndarray, ts: np.ndarray) -> tuple[pa.DictionaryArray, np.ndarray]:
+        """comm (dictionary-encoded, no per-row Python objects) and ppid for a batch of rows."""
+        names: list[str] = []
+        index = {}
+        comm = np.zeros(len(pids), dtype=np.int32)
         ppid = np.zeros(len(pids), dtype=np.int32)
-        for pid in np.unique(pids):
-            rows = np.flatnonzero(pids == pid)
-            times, names = self.names.get(int(pid), ([0], [""]))
-            idx = np.searchsorted(np.asarray(times), ts[rows], side="right") - 1
-            comm[rows] = np.asarray(names, dtype=object)[np.maximum(idx, 0)]
+        order = np.argsort(pids, kind="stable")
+        uniq, starts = np.unique(pids[order], return_index=True)
+        for pid, lo, hi in zip(uniq, starts, list(starts[1:]) + [len(pids)]):
+            rows = order[lo:hi]
+            times, pnames = self.names.get(int(pid), ([0], [""]))
+            which = np.searchsorted(np.asarray(times), ts[rows], side="right") - 1
+            codes = np.asarray([index.setdefault(n, len(index)) for n in pnames], dtype=np.int32)
+            comm[rows] = codes[np.maximum(which, 0)]
             ppid[rows] = self.ppids.get(int(pid), 0)
-        return comm, ppid
+        names = sorted(index, key=index.get)
+        return pa.DictionaryArray.from_arrays(pa.array(comm), pa.array(names, pa.string())), ppid
 
 
 class TraceWriter:
@@ -121,7 +128,7 @@ class TraceWriter:
         nr = r["nr"].astype(np.int32)
         idx = np.where(nr < wire.SYSCALL_NR_MAX, nr, wire.SYSCALL_NR_MAX).astype(np.int32)
         cols = [ts + self.boot_offset_ns, r["duration_ns"].astype(np.int64), r["pid"].astype(np.int32),
-                r["tid"].astype(np.int32), ppid, pa.array(comm, pa.string()).dictionary_encode(), nr,
+                r["tid"].astype(np.int32), ppid, comm, nr,
                 pa.DictionaryArray.from_arrays(pa.array(idx), self.names), r["ret"]]
         if self.with_args:
             cols += [r["args"][:, i] for i in range(6)] + self._decoded(r)

@@ -18,7 +18,7 @@ class SyscallSource:
     name = "syscalls"
 
     def __init__(self, traced_fd: int, *, wanted: set[int] | None = None, with_args: bool = False,
-                 ring_buffer_bytes: int = 64 << 20, wakeup_bytes: int | None = None,
+                 ring_buffer_bytes: int = 32 << 20, wakeup_bytes: int | None = None,
                  object_path: Path = OBJECT):
         self.traced_fd = traced_fd
         self.wanted, self.with_args = wanted, with_args
@@ -54,7 +54,7 @@ class SyscallSource:
     def fileno(self) -> int:
         return self._rb.fileno()
 
-    def poll(self, max_records: int = 1 << 20) -> np.ndarray:
+    def poll(self, max_records: int = 1 << 18) -> np.ndarray:
         return self._rb.read_fixed(self.dtype, max_records)
 
     def lost(self) -> int:

@@ -1,0 +1,204 @@
+"""Syscall tracing benchmarks, side by side in one run; writes the tracing section of
+docs/performance.md and bench/results/trace.json.
+
+    .venv/bin/python bench/trace.py [--calls 2000000] [--slow-calls 100000] [--rounds 3] [--big 50000000]
+
+A getppid() storm (bench/getppid.c) measures the slowdown of the workload's own loop against
+running bare: sensor trace, the minimal libbpf C tracer (bench/mintrace), bpftrace, perf trace and
+strace -f, each recording every call to a file. Slow tools run a smaller storm and are compared
+with a bare run of the same size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SENSOR = [sys.executable, "-m", "sensor"]
+GETPPID = 110  # x86_64
+
+
+def sh(cmd, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def loop_seconds(stdout: str) -> float:
+    return float([line for line in stdout.split() if re.fullmatch(r"\d+\.\d+", line)][-1])
+
+
+def peak_rss_kib(stderr: str) -> int:
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", stderr)
+    return int(m.group(1)) if m else 0
+
+
+class Tools:
+    def __init__(self, tmp: Path, storm: str):
+        self.tmp, self.storm = tmp, storm
+
+    def bare(self, n):
+        return loop_seconds(sh([self.storm, str(n)]).stdout), n, 0
+
+    def sensor(self, n, *extra):
+        out = self.tmp / f"sensor-{time.monotonic_ns()}"
+        r = sh([*SENSOR, "trace", "-o", str(out), *extra, "--", self.storm, str(n)])
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        meta = json.loads((out / "metadata.json").read_text())
+        nr = pq.read_table(out / "syscalls.parquet", columns=["syscall_nr"])["syscall_nr"]
+        got = pc.sum(pc.equal(nr, GETPPID)).as_py() or 0
+        return loop_seconds(r.stdout), got, meta["lost"]
+
+    def mintrace(self, n):
+        out = self.tmp / "mintrace.bin"
+        r = sh([str(ROOT / "build" / "mintrace"), str(out), "--", self.storm, str(n)])
+        import numpy as np
+
+        recs = np.fromfile(out, dtype=[("ts", "<u8"), ("tid", "<u4"), ("nr", "<u4")])
+        lost = int(re.search(r"(\d+) lost", r.stderr).group(1))
+        return loop_seconds(r.stdout), int((recs["nr"] == GETPPID).sum()), lost
+
+    def bpftrace(self, n):
+        out = self.tmp / "bpftrace.txt"
+        prog = 'tracepoint:raw_syscalls:sys_enter /pid == cpid/ { printf("%d %d\\n", tid, args->id); }'
+        r = sh(["bpftrace", "-o", str(out), "-e", prog, "-c", f"{self.storm} {n}"])
+        got = sum(1 for line in out.read_text().splitlines() if line.endswith(f" {GETPPID}"))
+        lost = sum(int(x) for x in re.findall(r"(\d+) events? lost", out.read_text() + r.stderr))
+        return loop_seconds(out.read_text() + "\n" + r.stdout), got, lost
+
+    def perf(self, n):
+        out = self.tmp / "perf.txt"
+        r = sh(["perf", "trace", "-o", str(out), "--", self.storm, str(n)])
+        got = sum(1 for line in out.read_text(errors="replace").splitlines() if "getppid(" in line)
+        return loop_seconds(r.stdout), got, 0
+
+    def strace(self, n):
+        out = self.tmp / "strace.txt"
+        r = sh(["strace", "-f", "-o", str(out), self.storm, str(n)])
+        got = sum(1 for line in out.read_text().splitlines() if "getppid(" in line)
+        return loop_seconds(r.stdout), got, 0
+
+
+def storm_bench(t: Tools, n: int, slow_n: int, rounds: int) -> dict:
+    fast = {"sensor trace": t.sensor, "minimal C tracer": t.mintrace}
+    slow = {"bpftrace": t.bpftrace, "perf trace": t.perf, "strace -f": t.strace}
+    res: dict[str, dict] = {}
+    t.bare(100000)  # warm up
+    for _ in range(rounds):
+        for name, size, fn in [("bare", n, t.bare), ("bare (small)", slow_n, t.bare)] + \
+                [(k, n, f) for k, f in fast.items()] + [(k, slow_n, f) for k, f in slow.items()]:
+            secs, got, lost = fn(size)
+            r = res.setdefault(name, {"calls": size, "seconds": [], "recorded": [], "lost": []})
+            r["seconds"].append(secs)
+            r["recorded"].append(got)
+            r["lost"].append(lost)
+    for name, r in res.items():
+        base = res["bare" if r["calls"] == n else "bare (small)"]
+        r["median_s"] = statistics.median(r["seconds"])
+        r["ratio"] = r["median_s"] / statistics.median(base["seconds"])
+    return res
+
+
+def mixed_bench(tmp: Path) -> dict:
+    """A real workload with --args: calls recorded by sensor trace vs counted by strace -c."""
+    cmd = ["/bin/sh", "-c", "tar -cf - /usr/include 2>/dev/null | wc -c >/dev/null"]
+    out = tmp / "mixed"
+    r = sh([*SENSOR, "trace", "--args", "-o", str(out), "--", *cmd])
+    meta = json.loads((out / "metadata.json").read_text())
+    summary = tmp / "strace-c.txt"
+    sh(["strace", "-f", "-c", "-o", str(summary), *cmd])
+    # strace -c's summary ends with a "total" row: % time, seconds, usecs/call, calls, [errors,] total
+    lines = [ln for ln in summary.read_text().splitlines() if ln.rstrip().endswith(" total")]
+    calls = [int(lines[0].split()[3])] if lines else []
+    return {"command": " ".join(cmd), "sensor_captured": meta["captured"], "sensor_lost": meta["lost"],
+            "strace_calls": sum(calls), "returncode": r.returncode}
+
+
+def capacity_bench(t: Tools, n: int) -> dict:
+    """Two storms at once (one per core): the rate the capture sustains, and its peak memory."""
+    out = t.tmp / "capacity"
+    cmd = ["/usr/bin/time", "-v", *SENSOR, "trace", "-o", str(out), "--", "/bin/sh", "-c",
+           f"{t.storm} {n // 2} & {t.storm} {n // 2}; wait"]
+    t0 = time.monotonic()
+    r = sh(cmd)
+    wall = time.monotonic() - t0
+    meta = json.loads((out / "metadata.json").read_text())
+    span = (meta["end_ns"] - meta["start_ns"]) / 1e9
+    return {"calls": n, "captured": meta["captured"], "lost": meta["lost"], "trace_seconds": span,
+            "rate_per_s": meta["captured"] / span, "wall_s": wall, "peak_rss_mib": peak_rss_kib(r.stderr) / 1024}
+
+
+def update_section(name: str, body: str):
+    doc = ROOT / "docs" / "performance.md"
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text:
+        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def write_doc(res: dict):
+    s = res["storm"]
+    rows = "\n".join(
+        f"| {name} | {r['calls']:,} | {', '.join(f'{x:.3f}' for x in r['seconds'])} | {r['ratio']:.2f}x | "
+        f"{', '.join(f'{g:,}' for g in r['recorded'])} | {', '.join(f'{x:,}' for x in r['lost'])} |"
+        for name, r in s.items())
+    m, c = res["mixed"], res["capacity"]
+    update_section("trace", f"""## Syscall tracing
+
+Measured by `make bench` (bench/trace.py) on {res['machine']}, {res['date']}, {res['rounds']} rounds.
+A getppid() storm; the slowdown is the workload's own loop time traced / bare (slow tools run a
+smaller storm against a bare run of the same size). "recorded" counts the getppid calls each tool
+wrote to its file.
+
+| tool | calls | loop seconds | slowdown (median) | recorded | lost |
+| --- | --- | --- | --- | --- | --- |
+{rows}
+
+Sustained capture, two storms at once ({c['calls']:,} calls): {c['captured']:,} captured, {c['lost']:,} lost in
+{c['trace_seconds']:.2f} s = {c['rate_per_s']:,.0f} calls/s into Parquet; sensor peak RSS {c['peak_rss_mib']:.0f} MiB.
+
+Mixed workload with `--args` (`{m['command']}`): sensor trace recorded {m['sensor_captured']:,} calls
+({m['sensor_lost']} lost); `strace -f -c` counted {m['strace_calls']:,} on a separate run of the same command.
+""")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=2_000_000)
+    ap.add_argument("--slow-calls", type=int, default=100_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--capacity-calls", type=int, default=50_000_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sensor-trace-bench-") as tmp:
+        tmp = Path(tmp)
+        storm = str(tmp / "getppid")
+        subprocess.run(["gcc", "-O2", "-o", storm, str(ROOT / "bench" / "getppid.c")], check=True)
+        t = Tools(tmp, storm)
+        res = {"machine": f"{os.uname().nodename} ({os.cpu_count()} CPUs, kernel {os.uname().release})",
+               "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds,
+               "storm": storm_bench(t, args.calls, args.slow_calls, args.rounds),
+               "capacity": capacity_bench(t, args.capacity_calls),
+               "mixed": mixed_bench(tmp)}
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "trace.json").write_text(json.dumps(res, indent=2))
+    write_doc(res)
+    print(json.dumps({k: v for k, v in res.items() if k != "storm"}, indent=2))
+    for name, r in res["storm"].items():
+        print(f"{name:18} {r['ratio']:7.2f}x  recorded {r['recorded']}  lost {r['lost']}")
+
+
+if __name__ == "__main__":
+    main()
