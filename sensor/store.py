@@ -1,6 +1,7 @@
 """The local store: rotating JSON Lines segments, zstd-compressed when closed, size-bounded."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import io
 import logging
@@ -46,23 +47,18 @@ def _private_dir(path: Path):
 def _in_use(path: Path) -> bool:
     """Whether a live writer holds this plain segment (the kernel drops a killed one's flock)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True  # gone meanwhile: nothing to recover or delete
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with open(path, "rb") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
-    except BlockingIOError:
+    except OSError:  # held by a writer, gone meanwhile, or not ours to touch
         return True
-    finally:
-        os.close(fd)
 
 
 def _cut_partial(path: Path) -> bool:
     """Cuts a torn last line (a writer killed mid-write) off a plain segment; True if it had one."""
     with open(path, "rb+") as f:
-        pos = end = f.seek(0, os.SEEK_END)
-        if end == 0 or (f.seek(end - 1), f.read(1))[1] == b"\n":
+        pos = f.seek(0, os.SEEK_END)
+        if pos == 0 or os.pread(f.fileno(), 1, pos - 1) == b"\n":
             return False
         while pos > 0:  # backwards in blocks: segments are large, the torn line is short
             start = max(0, pos - (64 << 10))
@@ -74,14 +70,6 @@ def _cut_partial(path: Path) -> bool:
             pos = start
         f.truncate(0)
         return True
-
-
-def _fsync_dir(path: Path):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Store:
@@ -106,10 +94,9 @@ class Store:
         self._failing = False
         self._buf: deque[bytes] = deque()  # one serialized line per event
         self._buf_bytes = 0
-        self._fd: int | None = None
+        self._fd: int | None = None  # the open segment, its path, bytes and monotonic start
         self._path: Path | None = None
-        self._seg_size = 0
-        self._opened = 0.0
+        self._seg_size, self._opened = 0, 0.0
         self._last_stamp = datetime.min.replace(tzinfo=timezone.utc)
         self._n = 0
         self._due = time.monotonic() + flush_interval
@@ -130,13 +117,12 @@ class Store:
             return
         self._buf.append(line)
         self._buf_bytes += len(line)
+        if time.monotonic() >= self._due:
+            self.tick()
+        elif self._buf_bytes >= min(FLUSH_BYTES, self.pending_bytes) and not self._failing:
+            self.flush()  # a failing disk is retried on the interval, not on every write
         if self._buf_bytes > self.pending_bytes:
             self._bound_pending()
-        now = time.monotonic()
-        if now >= self._due:
-            self.tick()
-        elif self._buf_bytes >= FLUSH_BYTES and not self._failing:
-            self.flush()  # a failing disk is retried on the interval, not on every write
 
     def tick(self) -> None:
         """Time-based flush and age rotation; cheap enough to call on every loop."""
@@ -167,8 +153,8 @@ class Store:
             except OSError as exc:
                 self._failed(exc, "write", self._path)
                 return
-            if n == 0:
-                self._failed(OSError(0, "short write (disk full?)"), "write", self._path)
+            if n == 0:  # a regular file takes less than asked only when out of space
+                self._failed(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), "write", self._path)
                 return
             if self._seg_size >= self.segment_bytes:
                 self._rotate()
@@ -207,8 +193,8 @@ class Store:
 
     def _failed(self, exc: OSError, what: str, path):
         self._failing = True
-        self._error(exc, what, path, "events stay buffered (up to %d MiB) and are retried"
-                    % (self.pending_bytes >> 20))
+        self._error(exc, what, path, f"events are kept in memory and retried, the oldest dropped"
+                                     f" beyond {self.pending_bytes >> 10:,} KiB")
 
     def _error(self, exc: OSError, what: str, path, consequence: str):
         self.last_error = f"cannot {what} {path}: {exc.strerror or exc}"
@@ -230,7 +216,10 @@ class Store:
         except OSError as exc:
             self._failed(exc, "create", path)
             return False
-        fcntl.flock(fd, fcntl.LOCK_EX)  # tells another store's recovery that this one is live
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # tells another store's recovery that this one is live
+        except OSError:
+            pass  # a filesystem without locks: recovery by a second store is then not prevented
         self._fd, self._path, self._seg_size, self._opened = fd, path, 0, time.monotonic()
         return True
 
@@ -242,12 +231,15 @@ class Store:
     def _rotate(self):
         if self._fd is None:
             return
-        os.close(self._fd)
-        path, self._fd, self._path = self._path, None, None
-        if self._seg_size == 0:
-            path.unlink(missing_ok=True)
-        self._recover()  # compresses it, and retries any a full disk left plain
-        self._retain()
+        fd, path, self._fd, self._path = self._fd, self._path, None, None
+        try:
+            os.close(fd)
+            if self._seg_size == 0:
+                path.unlink(missing_ok=True)
+            self._recover()  # compresses it, and retries any a full disk left plain
+            self._retain()
+        except OSError as exc:
+            self._error(exc, "rotate", path, "retried at the next rotation")
 
     def _compress(self, path: Path) -> bool:
         target = path.with_name(path.name + ".zst")
@@ -260,7 +252,11 @@ class Store:
                 out.flush()
                 os.fsync(out.fileno())
             os.rename(tmp, target)
-            _fsync_dir(self.events_dir)  # the .zst is durable before the plain copy goes
+            dfd = os.open(self.events_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)  # the .zst's name is durable before the plain copy goes
+            finally:
+                os.close(dfd)
             path.unlink()
             return True
         except OSError as exc:
@@ -310,7 +306,7 @@ class Store:
         self.rotate()
         if self._buf:
             self.dropped += len(self._buf)
-            log.warning("store: %d events could not be written before close: %s", len(self._buf), self.last_error)
+            log.warning("store: %d events could not be written before close (see above)", len(self._buf))
             self._buf.clear()
             self._buf_bytes = 0
         self._closed = True

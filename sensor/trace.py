@@ -264,12 +264,12 @@ class Progress:
     """The live progress line: syscalls captured, rate, lost, elapsed."""
 
     def __init__(self, session: TraceSession):
+        from rich.console import Console
         from rich.live import Live
 
         self.session = session
         self._mark = (time.monotonic(), 0, 0.0)
-        self._live = Live(self, refresh_per_second=4, transient=False,
-                          console=__import__("rich.console").console.Console(stderr=True))
+        self._live = Live(self, refresh_per_second=4, transient=False, console=Console(stderr=True))
 
     def __rich__(self):
         from rich.text import Text

@@ -11,7 +11,7 @@ import numpy as np
 from .. import wire
 from ..records import ProcessExec, ProcessExit, ProcessFork
 from .libbpf import BpfObject
-from .ringbuf import RingBuffer
+from .source import RingSource
 
 log = logging.getLogger("sensor.linux.process")
 
@@ -93,7 +93,7 @@ def _decode_exec(raw: bytes) -> ProcessExec:
     )
 
 
-class ProcessSource:
+class ProcessSource(RingSource):
     """Loads and attaches the process programs; `poll` returns decoded records."""
 
     name = "process"
@@ -109,24 +109,14 @@ class ProcessSource:
         # `sensor trace`: only processes in the `traced` map, which forks extend in the kernel
         self.only_traced, self.follow_forks = only_traced, follow_forks
         self.decode_errors = 0
-        self._obj = self._rb = None
 
     def start(self):
-        self._obj = BpfObject(self.object_path,
-                              rodata={"wakeup_bytes": self.wakeup_bytes, "trace_threads": self.threads,
-                                      "only_traced": self.only_traced, "follow_forks": self.follow_forks},
-                              max_entries={"events": self.ring_buffer_bytes})
-        try:
-            self._obj.map("ignored_tgids").update(os.getpid(), b"\x01")
-            self._rb = RingBuffer(self._obj.map_fd("events"), self.ring_buffer_bytes)
-            self._obj.attach()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def fileno(self) -> int:
-        return self._rb.fileno()
+        obj = BpfObject(self.object_path,
+                        rodata={"wakeup_bytes": self.wakeup_bytes, "trace_threads": self.threads,
+                                "only_traced": self.only_traced, "follow_forks": self.follow_forks},
+                        max_entries={"events": self.ring_buffer_bytes})
+        # the sensor's own pid is excluded before any program runs
+        return self._open(obj, lambda o: o.map("ignored_tgids").update(os.getpid(), b"\x01"))
 
     def traced(self):
         """The map of traced processes (tgid -> 1) that trace mode filters on."""
@@ -149,18 +139,4 @@ class ProcessSource:
         lost = self._obj.map("lost") if self._obj else None
         kernel = (sum(sum(lost.percpu_u64(t)) for t in wire.EVENT_TYPES) + self._obj.recursion_misses()
                   if lost else 0)
-        return {"lost_kernel": kernel, "lost_user": self.decode_errors,
-                "queue_bytes": self._rb.pending() if self._rb else 0}
-
-    def detach(self):
-        """Stops new records; what the buffer holds can still be polled."""
-        if self._obj:
-            self._obj.detach()
-
-    def close(self):
-        if self._rb:
-            self._rb.close()
-            self._rb = None
-        if self._obj:
-            self._obj.close()
-            self._obj = None
+        return {"lost_kernel": kernel, "lost_user": self.decode_errors, "queue_bytes": self.queue_bytes()}

@@ -7,12 +7,12 @@ import numpy as np
 
 from .. import syscalls, wire
 from .libbpf import BpfObject
-from .ringbuf import RingBuffer
+from .source import RingSource
 
 OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "trace.bpf.o"
 
 
-class SyscallSource:
+class SyscallSource(RingSource):
     """Traces the processes in a shared `traced` map; `poll` returns a structured array."""
 
     name = "syscalls"
@@ -27,32 +27,25 @@ class SyscallSource:
         self.wakeup_bytes = ring_buffer_bytes // 8 if wakeup_bytes is None else wakeup_bytes
         self.object_path = object_path
         self.dtype = wire.syscall_args_event if with_args else wire.syscall_event
-        self._obj = self._rb = None
         self._final_lost = 0
 
     def start(self):
         nums = syscalls.numbers()
-        self._obj = BpfObject(
+        obj = BpfObject(
             self.object_path,
             rodata={"wakeup_bytes": self.wakeup_bytes, "filter_syscalls": self.wanted is not None,
                     "with_args": self.with_args, "nr_exit": nums["exit"], "nr_exit_group": nums["exit_group"],
                     "nr_execve": nums["execve"], "nr_execveat": nums["execveat"]},
             max_entries={"events": self.ring_buffer_bytes},
             reuse={"traced": self.traced_fd})
-        try:
+
+        def fill_spec(o):
             if self.wanted is not None or self.with_args:
-                spec_map = self._obj.map("syscall_spec")
+                spec_map = o.map("syscall_spec")
                 for nr, entry in enumerate(syscalls.spec_table(self.wanted)):
                     spec_map.update(nr, entry.tobytes())
-            self._rb = RingBuffer(self._obj.map_fd("events"), self.ring_buffer_bytes)
-            self._obj.attach()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def fileno(self) -> int:
-        return self._rb.fileno()
+        return self._open(obj, fill_spec)
 
     def poll(self, max_records: int = 1 << 18) -> np.ndarray:
         return self._rb.read_fixed(self.dtype, max_records)
@@ -64,18 +57,6 @@ class SyscallSource:
         self._final_lost = sum(self._obj.map("lost").percpu_u64(wire.EVENT_SYSCALL)) + self._obj.recursion_misses()
         return self._final_lost
 
-    def queue_bytes(self) -> int:
-        return self._rb.pending() if self._rb else 0
-
-    def detach(self):
-        if self._obj:
-            self._obj.detach()
-
     def close(self):
         self.lost()  # remembered: metadata and the summary are written after close
-        if self._rb:
-            self._rb.close()
-            self._rb = None
-        if self._obj:
-            self._obj.close()
-            self._obj = None
+        super().close()
