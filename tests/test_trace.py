@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -181,3 +182,42 @@ def test_large_trace_streams_in_row_groups(tmp_path, storm):
     assert f.metadata.num_row_groups >= 2
     _, meta = load(out)
     assert f.metadata.num_rows == meta["captured"] >= 1200000 - meta["lost"]
+
+
+def test_ctrl_c_and_duration_stop_cleanly(tmp_path):
+    import signal
+
+    # the command drops our pipes, or reading the tracer's stderr would wait for it to end
+    sleeper = ["/bin/sh", "-c", "exec sleep 30 </dev/null >/dev/null 2>&1"]
+
+    def reap(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    out = tmp_path / "int"
+    tracer = subprocess.Popen([sys.executable, "-m", "sensor", "trace", "-o", str(out), "--", *sleeper],
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    child = None
+    try:
+        line = tracer.stderr.readline()
+        assert "tracing pids" in line
+        child = int(re.search(r"pids (\d+)", line).group(1))
+        tracer.send_signal(signal.SIGINT)
+        assert tracer.wait(30) == 128 + signal.SIGINT  # the command still runs: no status of its own
+        assert "still runs" in tracer.stderr.read()
+        os.kill(child, 0)  # left running, no longer traced, as strace leaves what it detaches from
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+        if child:
+            reap(child)
+    rows, meta = load(out)
+    assert rows[0]["syscall"] == "execve" and meta["exit_code"] is None and meta["captured"] == len(rows)
+
+    r = trace(tmp_path / "dur", "--duration", "1", "--", *sleeper)
+    rows, meta = load(tmp_path / "dur")
+    reap(meta["pids"][0])
+    assert r.returncode == 128 + signal.SIGINT and meta["captured"] == len(rows) > 0
+    assert 0.9 < (meta["end_ns"] - meta["start_ns"]) / 1e9 < 10
