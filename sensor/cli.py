@@ -54,12 +54,19 @@ def _parser() -> argparse.ArgumentParser:
                     help="live progress line (default: when stderr is a terminal)")
     tr.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS", help="launch and trace it")
 
-    try:
-        from . import dataset
-    except ImportError:  # the dataset exporter is optional in a partial install
-        dataset = None
-    if dataset is not None and hasattr(dataset, "register"):
-        dataset.register(sub)
+    ds = sub.add_parser("dataset", help="turn trace directories into datasets")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    ex = dsub.add_parser("export", help="merge traces into one dataset")
+    ex.add_argument("trace_dirs", nargs="+", metavar="TRACE_DIR")
+    ex.add_argument("--format", required=True, choices=("parquet", "csv", "adfa", "lidds"))
+    ex.add_argument("-o", "--output", required=True, metavar="OUT")
+    ex.add_argument("--train", type=float, default=0.7, help="share of normal runs for training (0.7)")
+    ex.add_argument("--validation", type=float, default=0.15, help="share for validation (0.15)")
+    ex.add_argument("--test", type=float, default=0.15, help="share for the normal test set (0.15)")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
+    inf = dsub.add_parser("info", help="summarize a trace directory")
+    inf.add_argument("trace_dir", metavar="TRACE_DIR")
+    inf.add_argument("--json", action="store_true")
     return p
 
 
@@ -67,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "dataset":
-            from . import dataset
+            from . import dataset  # pyarrow: only for the commands that need it
 
             return dataset.run(args)
         return {"run": cmd_run, "events": cmd_events, "doctor": cmd_doctor,

@@ -297,22 +297,6 @@ def _lidds_json(r: Run) -> dict:
     }
 
 
-def register(sub):
-    ds = sub.add_parser("dataset", help="turn trace directories into datasets")
-    dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
-    ex = dsub.add_parser("export", help="merge traces into one dataset")
-    ex.add_argument("trace_dirs", nargs="+", metavar="TRACE_DIR")
-    ex.add_argument("--format", required=True, choices=FORMATS)
-    ex.add_argument("-o", "--output", required=True, metavar="OUT")
-    ex.add_argument("--train", type=float, default=0.7, help="share of normal runs for training (0.7)")
-    ex.add_argument("--validation", type=float, default=0.15, help="share for validation (0.15)")
-    ex.add_argument("--test", type=float, default=0.15, help="share for the normal test set (0.15)")
-    ex.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
-    inf = dsub.add_parser("info", help="summarize a trace directory")
-    inf.add_argument("trace_dir", metavar="TRACE_DIR")
-    inf.add_argument("--json", action="store_true")
-
-
 def run(args) -> int:
     if args.dataset_command == "info":
         d = info(args.trace_dir)
