@@ -54,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="live progress line (default: when stderr is a terminal)")
     tr.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS", help="launch and trace it")
 
+    ru = sub.add_parser("rules", help="check Sigma rules, or run them over stored events")
+    rsub = ru.add_subparsers(dest="rules_command", required=True, metavar="ACTION")
+    chk = rsub.add_parser("check", help="load rules and report each: ok, unsupported (why) or error")
+    chk.add_argument("paths", nargs="+", metavar="PATH")
+    chk.add_argument("--json", action="store_true", help="one JSON object per rule")
+    tst = rsub.add_parser("test", help="run rules over stored events and print the alerts")
+    tst.add_argument("paths", nargs="+", metavar="PATH")
+    tst.add_argument("--events", required=True, metavar="FILE",
+                     help="a JSON lines file of events, or a data dir of the sensor")
+
     ds = sub.add_parser("dataset", help="turn trace directories into datasets")
     dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
     ex = dsub.add_parser("export", help="merge traces into one dataset")
@@ -78,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return dataset.run(args)
         return {"run": cmd_run, "events": cmd_events, "doctor": cmd_doctor,
-                "trace": cmd_trace}[args.command](args)
+                "trace": cmd_trace, "rules": cmd_rules}[args.command](args)
     except SensorError as exc:
         print(f"sensor: error: {exc}", file=sys.stderr)
         return 2
@@ -195,6 +205,43 @@ def cmd_trace(args) -> int:
                             follow_forks=args.follow_forks, syscalls=args.syscalls, args=args.args,
                             label=args.label, duration=args.duration, ring_buffer_bytes=ring,
                             progress=progress))
+
+
+def cmd_rules(args) -> int:
+    from .rules import RuleSet, alert
+
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if missing:
+        raise SensorError(f"no such rule file or directory: {', '.join(missing)}")
+    rules = RuleSet.load(args.paths)
+    if args.rules_command == "check":
+        for r in rules.reports:
+            if args.json:
+                print(orjson.dumps({"path": r.path, "id": r.id, "title": r.title, "status": r.status,
+                                    "reason": r.reason}).decode())
+            else:
+                print(f"{r.status:<11} {r.title or '?'}  ({r.path}){': ' + r.reason if r.reason else ''}")
+        counts = {s: sum(r.status == s for r in rules.reports) for s in ("ok", "unsupported", "error")}
+        print(f"sensor rules: {counts['ok']} ok, {counts['unsupported']} unsupported, {counts['error']} errors",
+              file=sys.stderr)
+        return 1 if counts["error"] else 0
+    from .store import read_events
+
+    if os.path.isdir(args.events):
+        events = read_events(args.events)
+    else:
+        try:
+            events = (orjson.loads(line) for line in open(args.events, "rb") if line.strip())
+        except OSError as exc:
+            raise SensorError(f"--events {args.events}: {exc.strerror}") from None
+    n = hits = 0
+    for event in events:
+        n += 1
+        for rule in rules.match(event):
+            hits += 1
+            sys.stdout.buffer.write(orjson.dumps(alert(rule, event)) + b"\n")
+    print(f"sensor rules: {len(rules.rules)} rules over {n:,} events: {hits:,} alerts", file=sys.stderr)
+    return 0
 
 
 def cmd_doctor(args) -> int:

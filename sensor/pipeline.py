@@ -10,7 +10,10 @@ from collections import Counter
 
 import psutil
 
+from pathlib import Path
+
 from .config import Config
+from .errors import ConfigError
 from .host import Host
 from .processes import ProcessTable
 from .schema import Stamper
@@ -33,6 +36,23 @@ def build_sources(cfg: Config) -> list:
     return sources
 
 
+def load_rules(spec: str):
+    """The RuleSet named by the `rules` option, or None for `none`."""
+    items = [x.strip() for x in spec.split(",") if x.strip()]
+    if not items or items == ["none"]:
+        return None
+    from .rules import BUILTIN, RuleSet
+
+    paths = [BUILTIN if x == "builtin" else Path(x) for x in items if x != "none"]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ConfigError(f"rules: no such file or directory: {', '.join(missing)}")
+    rules = RuleSet.load(paths)
+    log.info("loaded %d Sigma rules (%d unsupported or broken, see warnings)", len(rules.rules),
+             sum(r.status != "ok" for r in rules.reports))
+    return rules
+
+
 class Pipeline:
     def __init__(self, cfg: Config, sources: list | None = None):
         self.cfg = cfg
@@ -42,6 +62,7 @@ class Pipeline:
         self.sources = build_sources(cfg) if sources is None else sources
         self.store = Store(cfg["data_dir"], **cfg.section("store"))
         self.sinks = [self.store.write]
+        self.rules = load_rules(cfg["rules"])
         self.emitted: Counter[str] = Counter()
         self.started = time.monotonic()
         self._proc = psutil.Process()
@@ -53,6 +74,11 @@ class Pipeline:
         self.emitted[event["event"].get("dataset", "")] += 1
         for sink in self.sinks:
             sink(event)
+        if self.rules is not None and event["event"].get("kind") != "alert":
+            from .rules import alert
+
+            for rule in self.rules.match(event):
+                self.emit(alert(rule, event))
 
     def _drain(self, source) -> int:
         n = 0

@@ -22,6 +22,16 @@ static __always_inline __u32 read_path(const struct path *path, char *buf, __u32
 	__u32 start = *off, pos = *off;
 	int i;
 
+	/* A file that is its own parent without being a mount's root is a pseudo file (memfd,
+	 * anon inode): its name is all the path it has, as /proc/PID/exe shows ("/memfd:x"). */
+	if (dentry == BPF_CORE_READ(dentry, d_parent) && dentry != BPF_CORE_READ(vfsmnt, mnt_root)) {
+		long n = bpf_probe_read_kernel_str(&buf[pos & (EXEC_DATA_MAX - 1)], NAME_MAX_LEN,
+						   BPF_CORE_READ(dentry, d_name.name));
+		*truncated = false;
+		if (n > 0)
+			*off = pos + n;
+		return *off - start;
+	}
 	*truncated = true;
 	for (i = 0; i < PATH_DEPTH_MAX; i++) {
 		struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);

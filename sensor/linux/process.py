@@ -44,9 +44,8 @@ def kernel_path(components: bytes | None) -> bytes | None:
     """A path the kernel sent as dentry names leaf first, NUL-terminated: b"echo\\0bin\\0usr\\0"."""
     if components is None:
         return None
-    parts = components.split(b"\0")
-    if parts and parts[-1] == b"":
-        parts.pop()
+    # a detached tree's root is named "/": not a component
+    parts = [p for p in components.split(b"\0") if p and p != b"/"]
     return b"/" + b"/".join(reversed(parts))
 
 

@@ -1,0 +1,306 @@
+"""Sigma rules: parsed with pySigma, fields mapped to the schema, compiled once to matchers."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from sigma import conditions as sc
+from sigma import types as st
+from sigma.collection import SigmaCollection
+from sigma.exceptions import SigmaError
+from sigma.rule import SigmaRule
+
+from .schema import get
+
+log = logging.getLogger("sensor.rules")
+
+BUILTIN = Path(__file__).resolve().parent / "data" / "rules"
+
+# Sigma field -> schema field, per logsource category (what each event kind can honestly fill).
+_PROCESS = {"Image": "process.executable", "OriginalFileName": "process.name",
+            "CommandLine": "process.command_line", "CurrentDirectory": "process.working_directory",
+            "ParentImage": "process.parent.executable", "ParentCommandLine": "process.parent.command_line",
+            "User": "user.name", "LogonId": "user.audit.id", "ProcessId": "process.pid",
+            "ParentProcessId": "process.parent.pid"}
+_ACTOR = {"Image": "process.executable", "CommandLine": "process.command_line", "User": "user.name",
+          "ProcessId": "process.pid"}
+FIELDS = {
+    "process_creation": _PROCESS,
+    "file_event": {**_ACTOR, "TargetFilename": "file.path"},
+    "file_delete": {**_ACTOR, "TargetFilename": "file.path"},
+    "file_rename": {**_ACTOR, "TargetFilename": "file.path", "SourceFilename": "file.target_path"},
+    "network_connection": {**_ACTOR, "DestinationIp": "destination.ip", "DestinationPort": "destination.port",
+                           "SourceIp": "source.ip", "SourcePort": "source.port",
+                           "DestinationHostname": "destination.domain", "Protocol": "network.transport",
+                           "Initiated": "network.direction"},
+    "dns_query": {**_ACTOR, "QueryName": "dns.question.name"},
+}
+SEVERITY = {"informational": 1, "low": 21, "medium": 47, "high": 73, "critical": 99}
+
+
+def category_of(event: dict) -> str | None:
+    """The Sigma logsource category an event belongs to, if any."""
+    ev = event.get("event", {})
+    cats, types = ev.get("category") or [], ev.get("type") or []
+    if "process" in cats and ev.get("action") == "exec":
+        return "process_creation"
+    if "file" in cats:
+        if "deletion" in types:
+            return "file_delete"
+        if ev.get("action") == "rename":
+            return "file_rename"
+        if "creation" in types or "change" in types:
+            return "file_event"
+    if "network" in cats:
+        return "dns_query" if ev.get("dataset") == "network.dns" else "network_connection"
+    return None
+
+
+class Unsupported(Exception):
+    """A rule uses something the evaluator cannot honour; the message says what."""
+
+
+@dataclass
+class Rule:
+    id: str
+    title: str
+    description: str
+    author: str
+    level: str
+    category: str
+    tags: list[str]
+    references: list[str]
+    path: str
+    match: Callable[[dict], bool] = field(repr=False)
+
+
+@dataclass
+class Report:
+    path: str
+    id: str | None
+    title: str | None
+    status: str  # ok, unsupported, error
+    reason: str = ""
+
+
+def _string(v: st.SigmaString, anywhere: bool = False) -> Callable[[object], bool]:
+    """Glob match of the whole value; `anywhere` (keywords: a free-text search) finds it inside."""
+    cased = type(v).__name__ == "SigmaCasedString"
+    parts = []
+    for p in v.s:
+        if p == st.SpecialChars.WILDCARD_MULTI:
+            parts.append(".*")
+        elif p == st.SpecialChars.WILDCARD_SINGLE:
+            parts.append(".")
+        elif isinstance(p, str):
+            parts.append(re.escape(p))
+        else:
+            raise Unsupported(f"placeholder {p!r} in a value")
+    if not v.contains_special():  # no wildcards: no regex needed
+        want = "".join(p for p in v.s if isinstance(p, str))
+        want = want if cased else want.lower()
+        if anywhere:
+            return lambda x: want in (str(x) if cased else str(x).lower())
+        return lambda x: (str(x) if cased else str(x).lower()) == want
+    rx = re.compile("".join(parts), re.DOTALL | (0 if cased else re.IGNORECASE))
+    if anywhere:
+        return lambda x: rx.search(str(x)) is not None
+    return lambda x: rx.fullmatch(str(x)) is not None
+
+
+def _value(v) -> Callable[[object], bool]:
+    """A matcher for one field value: Sigma semantics, case-insensitive unless |cased."""
+    if isinstance(v, st.SigmaString):
+        return _string(v)
+    if isinstance(v, st.SigmaBool):
+        return lambda x: str(x).lower() == str(v.boolean).lower()
+    if isinstance(v, st.SigmaNumber):
+        return lambda x: _num(x) == v.number
+    if isinstance(v, st.SigmaRegularExpression):
+        flags = 0
+        for f in v.flags:  # pySigma's compile() only validates: build the pattern with its flags
+            flags |= v.sigma_to_python_flags[f]
+        rx = re.compile(str(v.regexp), flags)
+        return lambda x: rx.search(str(x)) is not None
+    if isinstance(v, st.SigmaCIDRExpression):
+        net = ipaddress.ip_network(v.cidr, strict=False)
+        return lambda x: _in_net(x, net)
+    if isinstance(v, st.SigmaCompareExpression):
+        ops = st.SigmaCompareExpression.CompareOperators
+        cmp = {ops.LT: lambda a, b: a < b, ops.LTE: lambda a, b: a <= b,
+               ops.GT: lambda a, b: a > b, ops.GTE: lambda a, b: a >= b}[v.op]
+        return lambda x: (n := _num(x)) is not None and cmp(n, v.number.number)
+    if isinstance(v, st.SigmaExpansion):
+        ms = [_value(x) for x in v.values]
+        return lambda x: any(m(x) for m in ms)
+    raise Unsupported(f"value type {type(v).__name__}")
+
+
+def _num(x):
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        try:
+            return float(x)
+        except (TypeError, ValueError):
+            return None
+
+
+def _in_net(x, net) -> bool:
+    try:
+        return ipaddress.ip_address(str(x)) in net
+    except ValueError:
+        return False
+
+
+def _field(name: str, fields: dict) -> Callable[[dict], object]:
+    path = fields.get(name)
+    if path is None:
+        raise Unsupported(f"field {name!r} has no source in this sensor's events")
+    if name == "Initiated":  # Sysmon's Initiated=true is an outbound connection
+        return lambda e: "true" if get(e, path) == "egress" else "false"
+    return lambda e: get(e, path)
+
+
+KEYWORD_FIELDS = ("process.command_line", "process.executable", "process.parent.command_line", "file.path")
+
+
+def _compile(node, fields: dict) -> Callable[[dict], bool]:
+    if isinstance(node, sc.ConditionAND):
+        fs = [_compile(a, fields) for a in node.args]
+        return lambda e: all(f(e) for f in fs)
+    if isinstance(node, sc.ConditionOR):
+        fs = [_compile(a, fields) for a in node.args]
+        return lambda e: any(f(e) for f in fs)
+    if isinstance(node, sc.ConditionNOT):
+        f = _compile(node.args[0], fields)
+        return lambda e: not f(e)
+    if isinstance(node, sc.ConditionFieldEqualsValueExpression):
+        getter = _field(node.field, fields)
+        if isinstance(node.value, st.SigmaNull):
+            return lambda e: getter(e) is None
+        if isinstance(node.value, st.SigmaExists):
+            return lambda e, want=node.value.exists: (getter(e) is not None) == want
+        m = _value(node.value)
+
+        def match(e):
+            x = getter(e)
+            if x is None:
+                return False
+            return any(m(i) for i in x) if isinstance(x, list) else m(x)
+        return match
+    if isinstance(node, sc.ConditionValueExpression):  # keywords: anywhere in the text fields
+        v = node.value
+        m = _string(v, anywhere=True) if isinstance(v, st.SigmaString) else _value(v)
+        return lambda e: any((x := get(e, f)) is not None and m(x) for f in KEYWORD_FIELDS)
+    raise Unsupported(f"condition element {type(node).__name__}")
+
+
+def compile_rule(rule: SigmaRule, path: str) -> Rule:
+    ls = rule.logsource
+    if ls.product not in (None, "linux"):
+        raise Unsupported(f"logsource product {ls.product!r}: this sensor runs on linux")
+    if ls.service is not None:
+        raise Unsupported(f"logsource service {ls.service!r}: reads log lines, not sensor events")
+    if ls.category not in FIELDS:
+        raise Unsupported(f"logsource category {ls.category!r} is not produced by this sensor")
+    if len(rule.detection.parsed_condition) != 1:
+        raise Unsupported("more than one condition")
+    tree = rule.detection.parsed_condition[0].parse()
+    match = _compile(tree, FIELDS[ls.category])
+    authors = rule.author if isinstance(rule.author, str) else ", ".join(rule.author or [])
+    return Rule(id=str(rule.id), title=rule.title, description=(rule.description or "").strip(),
+                author=authors or "unknown", level=str(rule.level or "medium").lower().split(".")[-1],
+                category=ls.category, tags=[str(t) for t in rule.tags], references=list(rule.references or []),
+                path=path, match=match)
+
+
+def _files(paths) -> list[Path]:
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(x for x in p.rglob("*") if x.suffix in (".yml", ".yaml"))
+        else:
+            out.append(p)
+    return out
+
+
+class RuleSet:
+    def __init__(self, rules: list[Rule], reports: list[Report]):
+        self.rules, self.reports = rules, reports
+        self.by_category: dict[str, list[Rule]] = {}
+        for r in rules:
+            self.by_category.setdefault(r.category, []).append(r)
+
+    @classmethod
+    def load(cls, paths) -> "RuleSet":
+        """Every rule of the files and directories given; a broken file is reported, not fatal."""
+        rules, reports = [], []
+        for path in _files(paths):
+            try:
+                collection = SigmaCollection.from_yaml(path.read_text(), collect_errors=True)
+            except (OSError, SigmaError, ValueError, yaml.YAMLError) as exc:
+                reports.append(Report(str(path), None, None, "error", str(exc).splitlines()[0]))
+                continue
+            for item in collection:
+                rid, title = str(getattr(item, "id", "") or "") or None, getattr(item, "title", None)
+                errors = getattr(item, "errors", [])
+                if errors:
+                    reports.append(Report(str(path), rid, title, "error", str(errors[0])))
+                    continue
+                if not isinstance(item, SigmaRule):
+                    reports.append(Report(str(path), rid, title, "unsupported", f"{type(item).__name__} (correlation)"))
+                    continue
+                try:
+                    rules.append(compile_rule(item, str(path)))
+                    reports.append(Report(str(path), rid, title, "ok"))
+                except (Unsupported, SigmaError) as exc:
+                    reports.append(Report(str(path), rid, title, "unsupported", str(exc)))
+        for r in reports:
+            if r.status != "ok":
+                log.warning("rule %s (%s): %s: %s", r.title or "?", r.path, r.status, r.reason)
+        return cls(rules, reports)
+
+    def match(self, event: dict) -> list[Rule]:
+        cat = category_of(event)
+        if cat is None:
+            return []
+        hits = []
+        for r in self.by_category.get(cat, ()):
+            try:
+                if r.match(event):
+                    hits.append(r)
+            except Exception as exc:  # a rule must never stop the sensor
+                log.warning("rule %s failed on an event: %s", r.id, exc)
+        return hits
+
+
+def alert(rule: Rule, event: dict) -> dict:
+    """The alert for a match: the rule (with its author, as the DRL requires), ATT&CK from the
+    tags, and the triggering event's process and ids so an alert leads to its process tree."""
+    techniques = sorted({t[7:].upper() for t in rule.tags if re.fullmatch(r"attack\.t\d{4}(\.\d{3})?", t)})
+    tactics = sorted({t[7:] for t in rule.tags if t.startswith("attack.") and not re.match(r"attack\.[tgs]\d{4}", t)})
+    out = {
+        "event": {"kind": "alert", "category": event["event"].get("category", []), "type": ["info"],
+                  "action": "sigma-match", "dataset": "alert", "module": "sigma",
+                  "severity": SEVERITY.get(rule.level, 47), "reason": rule.title},
+        "rule": {"id": rule.id, "name": rule.title, "description": rule.description, "author": rule.author,
+                 "level": rule.level, "ruleset": "sigma", "license": "DRL-1.1",
+                 "reference": rule.references[0] if rule.references else "", "category": rule.category},
+        "sensor": {"trigger": {"id": event["event"].get("id"), "sequence": event["event"].get("sequence"),
+                               "dataset": event["event"].get("dataset")}},
+    }
+    if techniques or tactics:
+        out["threat"] = {"framework": "MITRE ATT&CK",
+                         "technique": [{"id": t.split(".")[0], **({"subtechnique": [{"id": t}]} if "." in t else {})}
+                                       for t in techniques],
+                         "tactic": [{"name": t} for t in tactics]}
+    for key in ("process", "user", "file", "source", "destination", "network", "dns"):
+        if key in event:
+            out[key] = event[key]
+    return out
