@@ -30,6 +30,7 @@ BENCH_TOOLS := strace linux-perf bpftrace libelf-dev zlib1g-dev
 bench: install mounts bench-tools
 	$(VPY) bench/run.py
 	$(VPY) bench/trace.py
+	$(VPY) bench/rules.py
 
 # Tools the benchmarks compare against, and the minimal C tracer (built here, never shipped).
 bench-tools: build/mintrace

@@ -24,6 +24,9 @@ sys.path.insert(0, str(ROOT))
 
 from sensor.store import read_events  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from common import update_section  # noqa: E402
+
 STORM = "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
 
 
@@ -121,14 +124,11 @@ def bench_idle(seconds: float, tmp: Path) -> dict:
 
 def write_doc(res: dict):
     s, l, i = res["storm"], res["load"], res["idle"]
-    doc = ROOT / "docs" / "performance.md"
-    doc.write_text(f"""# Performance
+    update_section("process", f"""## Process events
 
-Measured by `make bench` (bench/run.py) on {res['machine']}, {res['date']}.
-The machine is shared and noisy: compare the ratios measured within one run, not absolute times.
-Raw figures: bench/results/latest.json (not committed; rerun to reproduce).
+Measured by bench/run.py on {res['machine']}, {res['date']}.
 
-## Exec storm
+### Exec storm
 
 A shell forks and execs `/bin/true` {s['execs']:,} times; {s['rounds']} alternating rounds of bare and
 traced (`sensor run`, default config) in one run.
@@ -142,7 +142,7 @@ traced (`sensor run`, default config) in one run.
 | sensor CPU seconds per round | {', '.join(f'{c:.2f}' for c in s['sensor_cpu_s'])} ({s['sensor_cpu_s_per_1000_execs']:.2f} s per 1,000 execs; each exec also makes a fork and an exit event) |
 | sensor peak RSS | {s['sensor_peak_rss_bytes'] / 2**20:.1f} MiB |
 
-## Start and idle
+### Start and idle
 
 | figure | value |
 | --- | --- |

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from common import update_section  # noqa: E402
 SENSOR = [sys.executable, "-m", "sensor"]
 GETPPID = 110  # x86_64
 
@@ -134,18 +136,6 @@ def capacity_bench(t: Tools, n: int) -> dict:
     span = (meta["end_ns"] - meta["start_ns"]) / 1e9
     return {"calls": n, "captured": meta["captured"], "lost": meta["lost"], "trace_seconds": span,
             "rate_per_s": meta["captured"] / span, "wall_s": wall, "peak_rss_mib": peak_rss_kib(r.stderr) / 1024}
-
-
-def update_section(name: str, body: str):
-    doc = ROOT / "docs" / "performance.md"
-    text = doc.read_text() if doc.exists() else "# Performance\n"
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    block = f"{begin}\n{body.rstrip()}\n{end}"
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
 
 
 def write_doc(res: dict):

@@ -61,6 +61,20 @@ def category_of(event: dict) -> str | None:
     return None
 
 
+class _Recorder(dict):
+    """The field map, remembering which schema paths a rule's matchers read."""
+
+    def __init__(self, fields: dict, used: set):
+        super().__init__(fields)
+        self.used = used
+
+    def get(self, key, default=None):
+        path = super().get(key, default)
+        if path is not None:
+            self.used.add(path)
+        return path
+
+
 class Unsupported(Exception):
     """A rule uses something the evaluator cannot honour; the message says what."""
 
@@ -77,6 +91,7 @@ class Rule:
     references: list[str]
     path: str
     match: Callable[[dict], bool] = field(repr=False)
+    paths: set[str] = field(default_factory=set)  # schema fields it reads
 
 
 @dataclass
@@ -159,12 +174,13 @@ def _in_net(x, net) -> bool:
 
 
 def _field(name: str, fields: dict) -> Callable[[dict], object]:
+    """A getter on the flat view of an event (see RuleSet.match)."""
     path = fields.get(name)
     if path is None:
         raise Unsupported(f"field {name!r} has no source in this sensor's events")
     if name == "Initiated":  # Sysmon's Initiated=true is an outbound connection
-        return lambda e: "true" if get(e, path) == "egress" else "false"
-    return lambda e: get(e, path)
+        return lambda f: "true" if f[path] == "egress" else "false"
+    return lambda f: f[path]
 
 
 KEYWORD_FIELDS = ("process.command_line", "process.executable", "process.parent.command_line", "file.path")
@@ -175,8 +191,8 @@ def _compile(node, fields: dict) -> Callable[[dict], bool]:
         fs = [_compile(a, fields) for a in node.args]
         return lambda e: all(f(e) for f in fs)
     if isinstance(node, sc.ConditionOR):
-        fs = [_compile(a, fields) for a in node.args]
-        return lambda e: any(f(e) for f in fs)
+        fs = _merged(node.args, fields)
+        return fs[0] if len(fs) == 1 else (lambda e: any(f(e) for f in fs))
     if isinstance(node, sc.ConditionNOT):
         f = _compile(node.args[0], fields)
         return lambda e: not f(e)
@@ -197,8 +213,41 @@ def _compile(node, fields: dict) -> Callable[[dict], bool]:
     if isinstance(node, sc.ConditionValueExpression):  # keywords: anywhere in the text fields
         v = node.value
         m = _string(v, anywhere=True) if isinstance(v, st.SigmaString) else _value(v)
-        return lambda e: any((x := get(e, f)) is not None and m(x) for f in KEYWORD_FIELDS)
+        return lambda e: any((x := e[f]) is not None and m(x) for f in KEYWORD_FIELDS)
     raise Unsupported(f"condition element {type(node).__name__}")
+
+
+def _glob(v: st.SigmaString) -> str:
+    return "".join(".*" if p == st.SpecialChars.WILDCARD_MULTI else "." if p == st.SpecialChars.WILDCARD_SINGLE
+                   else re.escape(p) for p in v.s)
+
+
+def _merged(args, fields: dict) -> list[Callable]:
+    """ORed children, with the plain case-insensitive string tests of one field folded into a
+    single alternation regex: lists of values per field are the bulk of SigmaHQ's rules."""
+    groups: dict[str, list] = {}
+    out = []
+    for a in args:
+        v = getattr(a, "value", None)
+        if (isinstance(a, sc.ConditionFieldEqualsValueExpression) and type(v) is st.SigmaString
+                and not v.contains_placeholder() and all(isinstance(p, str) or isinstance(p, st.SpecialChars) for p in v.s)):
+            groups.setdefault(a.field, []).append(v)
+        else:
+            out.append(_compile(a, fields))
+    for name, values in groups.items():
+        if len(values) == 1:
+            out.append(_compile(sc.ConditionFieldEqualsValueExpression(name, values[0]), fields))
+            continue
+        getter = _field(name, fields)
+        rx = re.compile("|".join(f"(?:{_glob(v)})" for v in values), re.DOTALL | re.IGNORECASE)
+
+        def match(e, getter=getter, rx=rx):
+            x = getter(e)
+            if x is None:
+                return False
+            return any(rx.fullmatch(str(i)) for i in x) if isinstance(x, list) else rx.fullmatch(str(x)) is not None
+        out.append(match)
+    return out
 
 
 def compile_rule(rule: SigmaRule, path: str) -> Rule:
@@ -212,12 +261,14 @@ def compile_rule(rule: SigmaRule, path: str) -> Rule:
     if len(rule.detection.parsed_condition) != 1:
         raise Unsupported("more than one condition")
     tree = rule.detection.parsed_condition[0].parse()
-    match = _compile(tree, FIELDS[ls.category])
+    used: set[str] = set()
+    fields = {k: v for k, v in FIELDS[ls.category].items()}
+    match = _compile(tree, _Recorder(fields, used))
     authors = rule.author if isinstance(rule.author, str) else ", ".join(rule.author or [])
     return Rule(id=str(rule.id), title=rule.title, description=(rule.description or "").strip(),
                 author=authors or "unknown", level=str(rule.level or "medium").lower().split(".")[-1],
                 category=ls.category, tags=[str(t) for t in rule.tags], references=list(rule.references or []),
-                path=path, match=match)
+                path=path, match=match, paths=used)
 
 
 def _files(paths) -> list[Path]:
@@ -234,8 +285,10 @@ class RuleSet:
     def __init__(self, rules: list[Rule], reports: list[Report]):
         self.rules, self.reports = rules, reports
         self.by_category: dict[str, list[Rule]] = {}
+        self.paths: dict[str, set[str]] = {}  # per category: every schema field its rules read
         for r in rules:
             self.by_category.setdefault(r.category, []).append(r)
+            self.paths.setdefault(r.category, set(KEYWORD_FIELDS)).update(r.paths)
 
     @classmethod
     def load(cls, paths) -> "RuleSet":
@@ -271,9 +324,10 @@ class RuleSet:
         if cat is None:
             return []
         hits = []
+        flat = {p: get(event, p) for p in self.paths.get(cat, ())}  # each field read once
         for r in self.by_category.get(cat, ()):
             try:
-                if r.match(event):
+                if r.match(flat):
                     hits.append(r)
             except Exception as exc:  # a rule must never stop the sensor
                 log.warning("rule %s failed on an event: %s", r.id, exc)
