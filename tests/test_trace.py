@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sensor import syscalls
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 KNOWN = str(Path(__file__).parent / "programs" / "known.py")
 STORM_C = ROOT / "bench" / "getppid.c"
@@ -204,6 +204,7 @@ def test_ctrl_c_and_duration_stop_cleanly(tmp_path):
         line = tracer.stderr.readline()
         assert "tracing pids" in line
         child = int(re.search(r"pids (\d+)", line).group(1))
+        wait_for(lambda: os.path.realpath(f"/proc/{child}/exe").endswith("/sleep"), what="the command to exec")
         tracer.send_signal(signal.SIGINT)
         assert tracer.wait(30) == 128 + signal.SIGINT  # the command still runs: no status of its own
         assert "still runs" in tracer.stderr.read()
