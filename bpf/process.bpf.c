@@ -17,6 +17,14 @@ const volatile bool trace_threads = false;
 const volatile bool only_traced = false;
 const volatile bool follow_forks = true;
 
+/* Executables that must not run (inode -> 1), filled by user space from the response policy. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct file_key);
+	__type(value, __u8);
+} blocked_exec SEC(".maps");
+
 /* Exec records are too large for the BPF stack: build them here, then copy out only the bytes
  * used with bpf_ringbuf_output. */
 struct exec_scratch {
@@ -90,6 +98,16 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	e->filename_len = n > 0 ? n : 0;
 
 	struct file *exe = BPF_CORE_READ(mm, exe_file);
+	struct file_key key = {
+		.dev = BPF_CORE_READ(exe, f_inode, i_sb, s_dev),
+		.ino = BPF_CORE_READ(exe, f_inode, i_ino),
+	};
+	/* The new image is mapped but has not run an instruction yet: SIGKILL here means it never
+	 * does (measured: a blocked script dies before printing its first line). */
+	if (bpf_map_lookup_elem(&blocked_exec, &key)) {
+		bpf_send_signal(9);
+		e->flags |= FLAG_BLOCKED;
+	}
 	e->exe_len = read_path(&exe->f_path, e->data, &off, &truncated);
 	if (truncated)
 		e->flags |= FLAG_EXE_TRUNCATED;

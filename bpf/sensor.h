@@ -37,6 +37,14 @@ enum event_flags {
 	FLAG_CWD_TRUNCATED = 1 << 3,
 	FLAG_THREAD = 1 << 4,     /* fork created a thread (CLONE_THREAD), not a process */
 	FLAG_DATA_FULL = 1 << 5,  /* data[] ran out of room: later parts are missing */
+	FLAG_BLOCKED = 1 << 6,    /* the image was on the block list: the task got SIGKILL */
+};
+
+/* Key of the block list: the executable's inode. dev is the kernel's encoding
+ * (major << 20 | minor), which user space must convert st_dev to. */
+struct file_key {
+	__u64 dev;
+	__u64 ino;
 };
 
 struct event_header {

@@ -22,7 +22,7 @@ from .store import Store
 log = logging.getLogger("sensor.pipeline")
 
 
-def build_sources(cfg: Config) -> list:
+def build_sources(cfg: Config, blocked=()) -> list:
     """The sources this platform and config ask for, not yet started."""
     sources = []
     if cfg["process.enabled"]:
@@ -32,7 +32,8 @@ def build_sources(cfg: Config) -> list:
 
         opts = cfg.section("process")
         sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
-                                     threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"]))
+                                     threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
+                                     blocked=blocked))
     return sources
 
 
@@ -59,7 +60,15 @@ class Pipeline:
         self.host = Host()
         self.stamper = Stamper(self.host)
         self.table = ProcessTable(self.host)
-        self.sources = build_sources(cfg) if sources is None else sources
+        self.policies = self.responder = None
+        blocked = []
+        if cfg["response_policy"]:
+            from .respond import Responder, load
+
+            self.policies = load(cfg["response_policy"])
+            self.responder = Responder(self.policies, self.host.boot_offset_ns)
+            blocked = [(dev, ino) for dev, ino, _ in self.policies.blocked_files()]
+        self.sources = build_sources(cfg, blocked) if sources is None else sources
         self.store = Store(cfg["data_dir"], **cfg.section("store"))
         self.sinks = [self.store.write]
         self.rules = load_rules(cfg["rules"])
@@ -78,7 +87,11 @@ class Pipeline:
             from .rules import alert
 
             for rule in self.rules.match(event):
-                self.emit(alert(rule, event))
+                a = alert(rule, event)
+                self.emit(a)
+                if self.responder is not None:
+                    for response in self.responder.respond(a):
+                        self.emit(response)
 
     def _drain(self, source) -> int:
         n = 0

@@ -183,6 +183,10 @@ class ProcessTable:
             event["process"]["session_id"] = r.sessionid
         if r.cgroup_id:
             event["process"]["cgroup"] = {"id": r.cgroup_id}
+        if r.blocked:  # killed by the kernel before its first instruction
+            event["event"]["type"] = ["start", "denied"]
+            event["event"]["outcome"] = "failure"
+            event.setdefault("sensor", {})["blocked"] = True
         return event
 
     def on_fork(self, r: ProcessFork) -> dict:

@@ -33,6 +33,7 @@ class ProcessExec:
     sessionid: int = UNSET_ID
     cgroup_id: int = 0
     truncated: frozenset[str] = field(default_factory=frozenset)  # args, filename, executable, cwd
+    blocked: bool = False  # on the block list: the kernel killed it before it ran
 
 
 @dataclass(frozen=True, slots=True)

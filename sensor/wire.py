@@ -25,6 +25,7 @@ FLAG_EXE_TRUNCATED = 1 << 2
 FLAG_CWD_TRUNCATED = 1 << 3
 FLAG_THREAD = 1 << 4
 FLAG_DATA_FULL = 1 << 5
+FLAG_BLOCKED = 1 << 6
 
 _HEADER = [
     ("ts_ns", "<u8"), ("type", "<u4"), ("size", "<u4"),
@@ -69,6 +70,8 @@ syscall_args_event = np.dtype(_SYSCALL + [
     ("addr", f"V{TRACE_ADDR_MAX}"),
 ])
 
+file_key = np.dtype([("dev", "<u8"), ("ino", "<u8")])
+
 # C struct name -> dtype, for the layout test and for decoders.
 STRUCTS = {
     "event_header": event_header,
@@ -76,6 +79,7 @@ STRUCTS = {
     "fork_event": fork_event,
     "exit_event": exit_event,
     "syscall_spec": syscall_spec,
+    "file_key": file_key,
     "syscall_event": syscall_event,
     "syscall_args_event": syscall_args_event,
 }

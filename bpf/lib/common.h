@@ -18,6 +18,7 @@ const volatile struct {
 	struct fork_event fork;
 	struct exit_event exit;
 	struct syscall_spec spec;
+	struct file_key file_key;
 	struct syscall_event syscall;
 	struct syscall_args_event syscall_args;
 	struct exec_event exec;

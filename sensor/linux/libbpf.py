@@ -272,8 +272,9 @@ class Map:
     def __init__(self, fd: int, value_size: int, max_entries: int):
         self.fd, self.value_size, self.max_entries = fd, value_size, max_entries
 
-    def update(self, key: int, value: bytes):
-        k = ctypes.c_uint32(key)
+    def update(self, key: int | bytes, value: bytes):
+        """key: a u32, or the key struct's bytes."""
+        k = ctypes.create_string_buffer(key, len(key)) if isinstance(key, bytes) else ctypes.c_uint32(key)
         v = ctypes.create_string_buffer(value, self.value_size)
         if lib().bpf_map_update_elem(self.fd, ctypes.byref(k), v, 0):
             raise BpfLoadError(f"map update failed: {os.strerror(_err())}")

@@ -89,6 +89,7 @@ def _decode_exec(raw: bytes) -> ProcessExec:
         executable=kernel_path(exe) if exe_len else None, cwd=kernel_path(cwd) if cwd_len else None,
         comm=_cstr(comm), loginuid=loginuid, sessionid=sessionid, cgroup_id=cgroup,
         truncated=frozenset(name for bit, name in _TRUNC if flags & bit),
+        blocked=bool(flags & wire.FLAG_BLOCKED),
     )
 
 
@@ -99,7 +100,8 @@ class ProcessSource(RingSource):
 
     def __init__(self, *, ring_buffer_bytes: int = 4 << 20, threads: bool = False,
                  wakeup_bytes: int | None = None, object_path: Path = OBJECT,
-                 only_traced: bool = False, follow_forks: bool = True):
+                 only_traced: bool = False, follow_forks: bool = True,
+                 blocked: list[tuple[int, int]] = ()):
         self.ring_buffer_bytes = ring_buffer_bytes
         # wake the reader at a quarter full; a poll timer picks up the rest
         self.wakeup_bytes = ring_buffer_bytes // 4 if wakeup_bytes is None else wakeup_bytes
@@ -107,6 +109,7 @@ class ProcessSource(RingSource):
         self.object_path = object_path
         # `sensor trace`: only processes in the `traced` map, which forks extend in the kernel
         self.only_traced, self.follow_forks = only_traced, follow_forks
+        self.blocked = list(blocked)  # (kernel dev, inode) of executables killed at exec
         self.decode_errors = 0
 
     def start(self):
@@ -114,8 +117,14 @@ class ProcessSource(RingSource):
                         rodata={"wakeup_bytes": self.wakeup_bytes, "trace_threads": self.threads,
                                 "only_traced": self.only_traced, "follow_forks": self.follow_forks},
                         max_entries={"events": self.ring_buffer_bytes})
-        # the sensor's own pid is excluded before any program runs
-        return self._open(obj, lambda o: o.map("ignored_tgids").update(os.getpid(), b"\x01"))
+        def setup(o):
+            # the sensor's own pid is excluded, and the block list in place, before any program runs
+            o.map("ignored_tgids").update(os.getpid(), b"\x01")
+            blocked = o.map("blocked_exec")
+            for dev, ino in self.blocked:
+                blocked.update(struct.pack("<QQ", dev, ino), b"\x01")
+
+        return self._open(obj, setup)
 
     def traced(self):
         """The map of traced processes (tgid -> 1) that trace mode filters on."""

@@ -1,0 +1,222 @@
+"""Response policies: kill matching processes safely, block executables in the kernel."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .host import NS_PER_TICK
+from .schema import get, parse_time
+
+log = logging.getLogger("sensor.respond")
+
+ACTIONS = ("kill", "kill-tree", "block-exec", "none", "quarantine")
+MATCH_KEYS = ("rule.id", "rule.name", "event.severity", "threat.technique.id", "rule.level")
+
+
+@dataclass
+class Policy:
+    action: str
+    match: dict = field(default_factory=dict)
+    dry_run: bool = False
+    executables: list[str] = field(default_factory=list)
+    line: int = 0
+
+    def matches(self, alert: dict) -> bool:
+        for key, want in self.match.items():
+            if key == "threat.technique.id":
+                got = [t.get("id") for t in get(alert, "threat.technique") or []]
+                got += [s.get("id") for t in get(alert, "threat.technique") or [] for s in t.get("subtechnique", [])]
+            else:
+                got = [get(alert, key)]
+            wants = want if isinstance(want, list) else [want]
+            if not any(str(g) == str(w) for g in got for w in wants):
+                return False
+        return True
+
+
+@dataclass
+class Policies:
+    rules: list[Policy]
+    allow_executables: set[str] = field(default_factory=set)
+    allow_users: set[str] = field(default_factory=set)
+
+    def blocked_files(self) -> list[tuple[int, int, str]]:
+        """(kernel dev, inode, path) of every block-exec executable, resolved now."""
+        out = []
+        for p in self.rules:
+            if p.action != "block-exec":
+                continue
+            for exe in p.executables:
+                st = os.stat(exe)
+                out.append(((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino, os.path.realpath(exe)))
+        return out
+
+
+def load(path) -> Policies:
+    """A policy file: a list of rules, or {allow: {...}, policies: [...]}; errors name the line."""
+    path = Path(path)
+    try:
+        root = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    allow = {}
+    items, nodes = data, root.value if root is not None else []
+    if isinstance(data, dict):
+        allow = data.get("allow") or {}
+        items = data.get("policies") or []
+        nodes = next((v.value for k, v in root.value if k.value == "policies"), [])
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: expected a list of policies")
+    rules = []
+    for item, node in zip(items, nodes):
+        line = node.start_mark.line + 1
+        if not isinstance(item, dict) or item.get("action") not in ACTIONS:
+            raise ConfigError(f"{path}:{line}: each policy needs action: one of {', '.join(ACTIONS)}")
+        p = Policy(action=item["action"], match=item.get("match") or {}, dry_run=bool(item.get("dry_run", False)),
+                   executables=list(item.get("executables") or []), line=line)
+        if p.action == "quarantine":
+            raise ConfigError(f"{path}:{line}: action quarantine is not available yet", hint="use kill or none")
+        if p.action == "block-exec":
+            if item.get("sha256"):
+                raise ConfigError(f"{path}:{line}: block-exec by sha256 is not available yet", hint="list executables")
+            missing = [e for e in p.executables if not os.path.exists(e)]
+            if not p.executables or missing:
+                raise ConfigError(f"{path}:{line}: block-exec needs existing executables"
+                                  + (f"; missing: {', '.join(missing)}" if missing else ""))
+        else:
+            bad = [k for k in p.match if k not in MATCH_KEYS]
+            if not p.match or bad:
+                raise ConfigError(f"{path}:{line}: match needs keys among {', '.join(MATCH_KEYS)}"
+                                  + (f"; unknown: {', '.join(bad)}" if bad else ""))
+        rules.append(p)
+    return Policies(rules, {os.path.realpath(e) for e in allow.get("executables", [])}, set(allow.get("users", [])))
+
+
+def _protected_pids() -> set[int]:
+    """pid 1, kthreadd, and this sensor with its whole parent chain."""
+    pids, pid = {0, 1, 2}, os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                pid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            break
+    return pids
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _is_kernel_thread(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[1]) == 2 or int(fields[6]) & 0x00200000 != 0  # ppid kthreadd, PF_KTHREAD
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+class Responder:
+    """Turns alerts into actions; every decision, taken or refused, becomes a response event."""
+
+    def __init__(self, policies: Policies, boot_offset_ns: int):
+        self.policies = policies
+        self.boot_offset_ns = boot_offset_ns
+        self.protected = _protected_pids()
+
+    def respond(self, alert: dict) -> list[dict]:
+        out = []
+        for p in self.policies.rules:
+            if p.action in ("kill", "kill-tree") and p.matches(alert):
+                outcome, reason, pids = self._kill(alert, p)
+                out.append(self._event(alert, p, outcome, reason, pids))
+            elif p.action == "none" and p.matches(alert):
+                out.append(self._event(alert, p, "success", "policy says none", []))
+        return out
+
+    def _refusal(self, pid: int, alert: dict) -> str | None:
+        exe, user = get(alert, "process.executable"), get(alert, "user.name")
+        if pid in self.protected:
+            return "protected process (pid 1, kernel, or the sensor and its parents)"
+        if _is_kernel_thread(pid):
+            return "kernel thread"
+        if exe and os.path.realpath(exe) in self.policies.allow_executables:
+            return f"allow-listed executable {exe}"
+        if user and user in self.policies.allow_users:
+            return f"allow-listed user {user}"
+        return None
+
+    def _kill(self, alert: dict, p: Policy) -> tuple[str, str, list[int]]:
+        pid = get(alert, "process.pid")
+        if not isinstance(pid, int):
+            return "failure", "the alert names no process", []
+        refusal = self._refusal(pid, alert)
+        if refusal:
+            return "skipped", refusal, [pid]
+        targets = [pid] + (_descendants(pid) if p.action == "kill-tree" else [])
+        if p.dry_run:
+            return "success", "dry run: would kill " + ", ".join(map(str, targets)), targets
+        start = get(alert, "process.start")
+        want_ticks = None if start is None else (parse_time(start) - self.boot_offset_ns) // NS_PER_TICK
+        killed = []
+        for t in targets:
+            try:
+                fd = os.pidfd_open(t)
+            except ProcessLookupError:
+                continue
+            try:
+                # the pidfd pins the process; check it is the one the alert is about, not a reuse
+                if t == pid and want_ticks is not None and _start_ticks(t) not in (want_ticks, want_ticks + 1):
+                    return "skipped", f"pid {t} now belongs to another process", targets
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+                killed.append(t)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
+        if not killed:
+            return "failure", "the process had already exited", targets
+        return "success", f"killed {', '.join(map(str, killed))}", killed
+
+    def _event(self, alert: dict, p: Policy, outcome: str, reason: str, pids: list[int]) -> dict:
+        return {"event": {"kind": "event", "category": ["process"], "type": ["info"], "action": f"response-{p.action}",
+                          "dataset": "response", "module": "sensor", "outcome": "success" if outcome == "success"
+                          else "failure" if outcome == "failure" else "unknown", "reason": reason},
+                "rule": alert.get("rule", {}), "process": alert.get("process", {}),
+                "sensor": {"response": {"action": p.action, "dry_run": p.dry_run, "result": outcome,
+                                        "pids": pids, "policy_line": p.line,
+                                        "alert": {"id": get(alert, "event.id")}}}}
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat", "rb") as f:
+                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d))
+            except (OSError, ValueError):
+                pass
+    out, todo = [], list(children.get(pid, []))
+    while todo:
+        c = todo.pop()
+        out.append(c)
+        todo += children.get(c, [])
+    return out
