@@ -31,6 +31,7 @@ bench: install mounts bench-tools
 	$(VPY) bench/run.py
 	$(VPY) bench/trace.py
 	$(VPY) bench/rules.py
+	$(VPY) bench/respond.py
 
 # Tools the benchmarks compare against, and the minimal C tracer (built here, never shipped).
 bench-tools: build/mintrace

@@ -29,7 +29,7 @@ OPTIONS: dict[str, tuple] = {
     "process.enabled": (bool, True, "trace exec, fork and exit in the kernel"),
     "process.ring_buffer_bytes": ("bytes", 4 << 20, "kernel ring buffer size (power of two)"),
     "process.threads": (bool, False, "also report thread creation"),
-    "process.wakeup_bytes": ("bytes", None, "wake the reader when this much waits (default: a quarter of the buffer)"),
+    "process.wakeup_bytes": ("bytes", None, "wake the reader only when this much waits (default: whenever it has caught up)"),
 }
 CHOICES = {"console": ("auto", "on", "off"), "log_level": ("debug", "info", "warning", "error")}
 
