@@ -24,6 +24,7 @@ OPTIONS: dict[str, tuple] = {
     "store.segment_seconds": (float, 3600.0, "rotate a segment after this many seconds"),
     "store.retention_bytes": ("bytes", 1 << 30, "delete the oldest segments beyond this total"),
     "store.flush_interval": (float, 1.0, "seconds between flushes of the open segment"),
+    "notifiers": (str, None, "YAML file of alert notifiers (webhook, telegram, email)"),
     "response_policy": (str, None, "YAML response policies (kill, kill-tree, block-exec, none)"),
     "rules": (str, "builtin", "Sigma rules: builtin, none, or comma-separated files/dirs (builtin may be one)"),
     "process.enabled": (bool, True, "trace exec, fork and exit in the kernel"),

@@ -69,6 +69,11 @@ class Pipeline:
             self.responder = Responder(self.policies, self.host.boot_offset_ns)
             blocked = [(dev, ino) for dev, ino, _ in self.policies.blocked_files()]
         self.sources = build_sources(cfg, blocked) if sources is None else sources
+        self.notifier = None
+        if cfg["notifiers"]:
+            from .notify import load as load_notifiers
+
+            self.notifier = load_notifiers(cfg["notifiers"])
         self.store = Store(cfg["data_dir"], **cfg.section("store"))
         self.sinks = [self.store.write]
         self.rules = load_rules(cfg["rules"])
@@ -89,6 +94,8 @@ class Pipeline:
             for rule in self.rules.match(event):
                 a = alert(rule, event)
                 self.emit(a)
+                if self.notifier is not None:
+                    self.notifier.submit(a)
                 if self.responder is not None:
                     for response in self.responder.respond(a):
                         self.emit(response)
@@ -126,6 +133,7 @@ class Pipeline:
             "cpu_seconds": round(cpu, 3),
             "cpu_percent": round(100 * (cpu - cpu_then) / max(now - then, 1e-9), 2),
             "rss_bytes": self._proc.memory_info().rss,
+            **({"notify": dict(self.notifier.stats)} if self.notifier is not None else {}),
         }
 
     def emit_health(self, final: bool = False) -> dict:
@@ -136,6 +144,8 @@ class Pipeline:
         return h
 
     def start(self):
+        if self.notifier is not None:
+            self.notifier.start()
         self.table.seed()
         started = []
         try:
@@ -186,6 +196,8 @@ class Pipeline:
             s.detach()
         for s in self.sources:
             self._drain(s)
+        if self.notifier is not None:
+            self.notifier.close()
         self.store.flush()  # so the final health counts every event before it as written
         self.emit_health(final=True)
         for s in self.sources:
