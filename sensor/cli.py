@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     tst.add_argument("--events", required=True, metavar="FILE",
                      help="a JSON lines file of events, or a data dir of the sensor")
 
+    qu = sub.add_parser("quarantine", help="list or restore quarantined files")
+    qsub = qu.add_subparsers(dest="quarantine_command", required=True, metavar="ACTION")
+    ql = qsub.add_parser("list", help="quarantined files with their hash and reason")
+    qr = qsub.add_parser("restore", help="put a quarantined file back (hash checked)")
+    qr.add_argument("id")
+    qr.add_argument("--to", metavar="PATH", help="restore here instead of the original path")
+    for q in (ql, qr):
+        q.add_argument("--data-dir", default=config.OPTIONS["data_dir"][1])
+
     ds = sub.add_parser("dataset", help="turn trace directories into datasets")
     dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
     ex = dsub.add_parser("export", help="merge traces into one dataset")
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return dataset.run(args)
         return {"run": cmd_run, "events": cmd_events, "doctor": cmd_doctor,
-                "trace": cmd_trace, "rules": cmd_rules}[args.command](args)
+                "trace": cmd_trace, "rules": cmd_rules, "quarantine": cmd_quarantine}[args.command](args)
     except SensorError as exc:
         print(f"sensor: error: {exc}", file=sys.stderr)
         return 2
@@ -241,6 +250,19 @@ def cmd_rules(args) -> int:
             hits += 1
             sys.stdout.buffer.write(orjson.dumps(alert(rule, event)) + b"\n")
     print(f"sensor rules: {len(rules.rules)} rules over {n:,} events: {hits:,} alerts", file=sys.stderr)
+    return 0
+
+
+def cmd_quarantine(args) -> int:
+    from .quarantine import Quarantine
+
+    q = Quarantine(args.data_dir)
+    if args.quarantine_command == "list":
+        for r in q.list():
+            print(orjson.dumps(r).decode())
+        return 0
+    r = q.restore(args.id, args.to)
+    print(f"sensor: restored {r['original_path']} -> {r['restored_to']} (sha256 {r['sha256']})", file=sys.stderr)
     return 0
 
 

@@ -65,8 +65,10 @@ class Pipeline:
         if cfg["response_policy"]:
             from .respond import Responder, load
 
+            from .quarantine import Quarantine
+
             self.policies = load(cfg["response_policy"])
-            self.responder = Responder(self.policies, self.host.boot_offset_ns)
+            self.responder = Responder(self.policies, self.host.boot_offset_ns, Quarantine(cfg["data_dir"]))
             blocked = [(dev, ino) for dev, ino, _ in self.policies.blocked_files()]
         self.sources = build_sources(cfg, blocked) if sources is None else sources
         self.notifier = None

@@ -26,6 +26,7 @@ class Policy:
     dry_run: bool = False
     executables: list[str] = field(default_factory=list)
     line: int = 0
+    allow_system: bool = False  # quarantine may move files under /usr, /etc, ...
 
     def matches(self, alert: dict) -> bool:
         for key, want in self.match.items():
@@ -83,9 +84,8 @@ def load(path) -> Policies:
         if not isinstance(item, dict) or item.get("action") not in ACTIONS:
             raise ConfigError(f"{path}:{line}: each policy needs action: one of {', '.join(ACTIONS)}")
         p = Policy(action=item["action"], match=item.get("match") or {}, dry_run=bool(item.get("dry_run", False)),
-                   executables=list(item.get("executables") or []), line=line)
-        if p.action == "quarantine":
-            raise ConfigError(f"{path}:{line}: action quarantine is not available yet", hint="use kill or none")
+                   executables=list(item.get("executables") or []), line=line,
+                   allow_system=bool(item.get("allow_system", False)))
         if p.action == "block-exec":
             if item.get("sha256"):
                 raise ConfigError(f"{path}:{line}: block-exec by sha256 is not available yet", hint="list executables")
@@ -135,10 +135,11 @@ def _is_kernel_thread(pid: int) -> bool:
 class Responder:
     """Turns alerts into actions; every decision, taken or refused, becomes a response event."""
 
-    def __init__(self, policies: Policies, boot_offset_ns: int):
+    def __init__(self, policies: Policies, boot_offset_ns: int, quarantine=None):
         self.policies = policies
         self.boot_offset_ns = boot_offset_ns
         self.protected = _protected_pids()
+        self.quarantine = quarantine
 
     def respond(self, alert: dict) -> list[dict]:
         out = []
@@ -146,6 +147,8 @@ class Responder:
             if p.action in ("kill", "kill-tree") and p.matches(alert):
                 outcome, reason, pids = self._kill(alert, p)
                 out.append(self._event(alert, p, outcome, reason, pids))
+            elif p.action == "quarantine" and p.matches(alert):
+                out.append(self._quarantine(alert, p))
             elif p.action == "none" and p.matches(alert):
                 out.append(self._event(alert, p, "success", "policy says none", []))
         return out
@@ -193,6 +196,29 @@ class Responder:
         if not killed:
             return "failure", "the process had already exited", targets
         return "success", f"killed {', '.join(map(str, killed))}", killed
+
+    def _quarantine(self, alert: dict, p: Policy) -> dict:
+        """Stops the process (same safety rules as kill), then moves its file aside."""
+        from .errors import SensorError
+
+        path = get(alert, "file.path") or get(alert, "process.executable")
+        pid = get(alert, "process.pid")
+        refusal = self._refusal(pid, alert) if isinstance(pid, int) else None
+        if refusal or not path:
+            return self._event(alert, p, "skipped", refusal or "the alert names no file", [pid])
+        if p.dry_run:
+            return self._event(alert, p, "success", f"dry run: would quarantine {path}", [pid])
+        if get(alert, "file.path") is None and isinstance(pid, int):
+            self._kill(alert, p)
+        try:
+            record = self.quarantine.put(path, {"rule": get(alert, "rule.id"), "alert": get(alert, "event.id")},
+                                         allow_system=p.allow_system)
+        except (SensorError, OSError) as exc:
+            return self._event(alert, p, "skipped" if isinstance(exc, SensorError) else "failure", str(exc), [pid])
+        ev = self._event(alert, p, "success", f"quarantined {path} as {record['id']}", [pid])
+        ev["file"] = {"path": record["original_path"], "hash": {"sha256": record["sha256"]}, "size": record["size"]}
+        ev["sensor"]["response"]["quarantine_id"] = record["id"]
+        return ev
 
     def _event(self, alert: dict, p: Policy, outcome: str, reason: str, pids: list[int]) -> dict:
         return {"event": {"kind": "event", "category": ["process"], "type": ["info"], "action": f"response-{p.action}",

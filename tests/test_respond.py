@@ -2,6 +2,7 @@
 through a pidfd; pid 1, the sensor and allow-listed processes are never touched."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -99,7 +100,7 @@ def test_bad_policies_name_file_and_line(tmp_path):
         "- action: explode\n": "action",
         "- action: kill\n  match: {process.name: x}\n": "match needs keys",
         "- action: block-exec\n  executables: [/no/such/file]\n": "missing",
-        "- action: kill\n  match: {rule.id: x}\n- action: quarantine\n  match: {rule.id: y}\n": ":3:",
+        "- action: kill\n  match: {rule.id: x}\n- action: quarantine\n  match: {nope: y}\n": ":3:",
         "- action: [unclosed\n": "invalid YAML",
     }
     for text, expect in cases.items():
@@ -107,3 +108,43 @@ def test_bad_policies_name_file_and_line(tmp_path):
         with pytest.raises(ConfigError) as err:
             load(p)
         assert str(p) in str(err.value) and expect in str(err.value), (text, str(err.value))
+
+
+def test_quarantine_and_restore(start_sensor, tmp_path):
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule(rules, "66666666-6666-4666-8666-666666666666", "evil-tool-2e7")
+    rule(rules, "77777777-7777-4777-8777-777777777777", "system-tool-2e7")
+    evil = tmp_path / "evil-tool-2e7"
+    shutil.copy("/bin/true", evil)
+    os.chmod(evil, 0o751)
+    digest = __import__("hashlib").sha256(evil.read_bytes()).hexdigest()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump([
+        {"match": {"rule.id": "66666666-6666-4666-8666-666666666666"}, "action": "quarantine"},
+        {"match": {"rule.id": "77777777-7777-4777-8777-777777777777"}, "action": "quarantine"}]))
+    s = start_sensor("--rules", str(rules), "--response-policy", str(policy))
+    subprocess.run([str(evil)])
+    subprocess.run(["/bin/echo", "system-tool-2e7"], stdout=subprocess.DEVNULL)
+    wait_for(lambda: not evil.exists(), what="the file to be quarantined")
+    s.stop()
+    assert os.path.exists("/bin/echo")  # a system file is never moved without allow_system
+    by_rule = {r["rule"]["id"]: r for r in s.events(event__dataset="response")}
+    q = by_rule["66666666-6666-4666-8666-666666666666"]
+    assert q["sensor"]["response"]["result"] == "success" and q["file"]["hash"]["sha256"] == digest
+    assert "system file" in by_rule["77777777-7777-4777-8777-777777777777"]["event"]["reason"]
+    qdir = s.data_dir / "quarantine"
+    assert qdir.stat().st_mode & 0o777 == 0o700
+    item = qdir / q["sensor"]["response"]["quarantine_id"]
+    assert (item / "file").stat().st_mode & 0o777 == 0
+    listed = subprocess.run([sys.executable, "-m", "sensor", "quarantine", "list", "--data-dir", str(s.data_dir)],
+                            capture_output=True, text=True)
+    assert json.loads(listed.stdout)["original_path"] == str(evil)
+    r = subprocess.run([sys.executable, "-m", "sensor", "quarantine", "restore", item.name, "--data-dir", str(s.data_dir)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert __import__("hashlib").sha256(evil.read_bytes()).hexdigest() == digest
+    assert evil.stat().st_mode & 0o7777 == 0o751 and not item.exists()
+    again = subprocess.run([sys.executable, "-m", "sensor", "quarantine", "restore", item.name,
+                            "--data-dir", str(s.data_dir)], capture_output=True, text=True)
+    assert again.returncode == 2 and "no quarantined item" in again.stderr
