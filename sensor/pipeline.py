@@ -90,6 +90,10 @@ class Pipeline:
         self.emitted[event["event"].get("dataset", "")] += 1
         for sink in self.sinks:
             sink(event)
+        if self.responder is not None and event["event"].get("action") == "exec":
+            blocked = self.responder.on_exec(event, self._block)
+            if blocked is not None:
+                self.emit(blocked)
         if self.rules is not None and event["event"].get("kind") != "alert":
             from .rules import alert
 
@@ -101,6 +105,11 @@ class Pipeline:
                 if self.responder is not None:
                     for response in self.responder.respond(a):
                         self.emit(response)
+
+    def _block(self, dev: int, ino: int):
+        for s in self.sources:
+            if hasattr(s, "block"):
+                s.block(dev, ino)
 
     def _drain(self, source) -> int:
         n = 0

@@ -1,8 +1,10 @@
 """Response policies: kill matching processes safely, block executables in the kernel."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ class Policy:
     executables: list[str] = field(default_factory=list)
     line: int = 0
     allow_system: bool = False  # quarantine may move files under /usr, /etc, ...
+    sha256: set[str] = field(default_factory=set)  # block-exec by content
 
     def matches(self, alert: dict) -> bool:
         for key, want in self.match.items():
@@ -47,6 +50,10 @@ class Policies:
     allow_executables: set[str] = field(default_factory=set)
     allow_users: set[str] = field(default_factory=set)
 
+    @property
+    def blocked_hashes(self) -> set[str]:
+        return {h for p in self.rules if p.action == "block-exec" for h in p.sha256}
+
     def blocked_files(self) -> list[tuple[int, int, str]]:
         """(kernel dev, inode, path) of every block-exec executable, resolved now."""
         out = []
@@ -55,8 +62,53 @@ class Policies:
                 continue
             for exe in p.executables:
                 st = os.stat(exe)
-                out.append(((os.major(st.st_dev) << 20) | os.minor(st.st_dev), st.st_ino, os.path.realpath(exe)))
+                out.append((_kdev(st), st.st_ino, os.path.realpath(exe)))
+        hashes = self.blocked_hashes
+        if hashes:  # files with a blocked digest already on disk, where programs usually live
+            for d in SEARCH_DIRS:
+                for f in _files(d):
+                    if _digest(f) in hashes:
+                        st = os.stat(f)
+                        out.append((_kdev(st), st.st_ino, f))
         return out
+
+
+SEARCH_DIRS = ("/usr/local/bin", "/usr/local/sbin", "/usr/bin", "/usr/sbin", "/opt", "/tmp", "/var/tmp", "/dev/shm")
+_digests: dict[tuple, str] = {}
+
+
+def _kdev(st) -> int:
+    """st_dev in the kernel's encoding (major << 20 | minor), as the block-list map keys it."""
+    return (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+
+
+def _files(d: str):
+    for root, _, names in os.walk(d):
+        for n in names:
+            p = os.path.join(root, n)
+            if os.path.isfile(p) and not os.path.islink(p) and os.access(p, os.X_OK):
+                yield p
+
+
+def _digest(path: str, limit: int = 256 << 20) -> str | None:
+    """sha256 of a file, cached by (dev, inode, size, mtime); None beyond `limit` bytes or on error."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _digests:
+        if st.st_size > limit:
+            return None
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            return None
+        _digests[key] = h.hexdigest()
+    return _digests[key]
 
 
 def load(path) -> Policies:
@@ -87,12 +139,13 @@ def load(path) -> Policies:
                    executables=list(item.get("executables") or []), line=line,
                    allow_system=bool(item.get("allow_system", False)))
         if p.action == "block-exec":
-            if item.get("sha256"):
-                raise ConfigError(f"{path}:{line}: block-exec by sha256 is not available yet", hint="list executables")
+            p.sha256 = {str(h).lower() for h in item.get("sha256") or []}
+            bad = [h for h in p.sha256 if not re.fullmatch(r"[0-9a-f]{64}", h)]
             missing = [e for e in p.executables if not os.path.exists(e)]
-            if not p.executables or missing:
-                raise ConfigError(f"{path}:{line}: block-exec needs existing executables"
-                                  + (f"; missing: {', '.join(missing)}" if missing else ""))
+            if not (p.executables or p.sha256) or missing or bad:
+                raise ConfigError(f"{path}:{line}: block-exec needs existing executables and/or sha256 digests"
+                                  + (f"; missing: {', '.join(missing)}" if missing else "")
+                                  + (f"; not a sha256: {', '.join(bad)}" if bad else ""))
         else:
             bad = [k for k in p.match if k not in MATCH_KEYS]
             if not p.match or bad:
@@ -140,6 +193,27 @@ class Responder:
         self.boot_offset_ns = boot_offset_ns
         self.protected = _protected_pids()
         self.quarantine = quarantine
+
+    def on_exec(self, event: dict, block) -> dict | None:
+        """Content blocking: an exec of a file whose sha256 is blocked gets killed now, and its
+        inode goes on the kernel's block list (`block(dev, ino)`) so it never runs again."""
+        hashes = self.policies.blocked_hashes
+        exe = get(event, "process.executable")
+        if not hashes or not exe or get(event, "sensor.blocked"):
+            return None
+        digest = _digest(exe)
+        if digest not in hashes:
+            return None
+        p = next(p for p in self.policies.rules if p.action == "block-exec" and digest in p.sha256)
+        try:
+            st = os.stat(exe)
+            block(_kdev(st), st.st_ino)
+        except OSError:
+            pass
+        outcome, reason, pids = self._kill(event, p)
+        ev = self._event(event, p, outcome, f"sha256 {digest} is blocked; {reason}", pids)
+        ev["file"] = {"path": exe, "hash": {"sha256": digest}}
+        return ev
 
     def respond(self, alert: dict) -> list[dict]:
         out = []

@@ -148,3 +148,33 @@ def test_quarantine_and_restore(start_sensor, tmp_path):
     again = subprocess.run([sys.executable, "-m", "sensor", "quarantine", "restore", item.name,
                             "--data-dir", str(s.data_dir)], capture_output=True, text=True)
     assert again.returncode == 2 and "no quarantined item" in again.stderr
+
+
+def test_block_exec_by_sha256(start_sensor, tmp_path):
+    import hashlib
+
+    # a tool whose content is blocked: one copy exists before the sensor starts, one appears later
+    early, late = tmp_path / "early-tool", tmp_path / "late-tool"
+    # touch with a unique tail: it still runs, but no system file shares its digest
+    tool = open("/usr/bin/touch", "rb").read() + os.urandom(16)
+    for f in (early,):
+        f.write_bytes(tool)
+        f.chmod(0o755)
+    digest = hashlib.sha256(tool).hexdigest()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump([{"action": "block-exec", "sha256": [digest]}]))
+    s = start_sensor("--response-policy", str(policy), "--rules", "none")
+    # found on disk at start (tmp is among the searched dirs): blocked in the kernel at once
+    assert subprocess.run([str(early), str(tmp_path / "m1")]).returncode == -9
+    assert not (tmp_path / "m1").exists()
+    late.write_bytes(tool)
+    late.chmod(0o755)
+    subprocess.run([str(late), "--version"], stdout=subprocess.DEVNULL)  # first sight: hashed, then blocked
+    wait_for(lambda: [e for e in s.events(event__dataset="response") if e["file"]["path"] == str(late)],
+             what="the hash match")
+    assert subprocess.run([str(late), str(tmp_path / "m2")]).returncode == -9
+    assert not (tmp_path / "m2").exists()
+    assert subprocess.run(["/usr/bin/touch", str(tmp_path / "m3")]).returncode == 0
+    s.stop()
+    (resp,) = [e for e in s.events(event__dataset="response") if e["file"]["path"] == str(late)]
+    assert resp["file"]["hash"]["sha256"] == digest

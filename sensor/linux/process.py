@@ -145,6 +145,10 @@ class ProcessSource(RingSource):
                 out.append(rec)
         return out
 
+    def block(self, dev: int, ino: int):
+        """Adds an executable's inode to the kernel's block list while running."""
+        self._obj.map("blocked_exec").update(struct.pack("<QQ", dev, ino), b"\x01")
+
     def stats(self) -> dict:
         lost = self._obj.map("lost") if self._obj else None
         kernel = (sum(sum(lost.percpu_u64(t)) for t in wire.EVENT_TYPES) + self._obj.recursion_misses()
