@@ -194,3 +194,46 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 	bpf_ringbuf_submit(e, submit_flags());
 	return 0;
 }
+
+/* Self-protection: signals and ptrace requests that other processes aim at the sensor. */
+static __always_inline void report_tamper(__u32 target, __u32 kind, __u32 sig, __u32 request)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct tamper_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		count_lost(EVENT_TAMPER);
+		return;
+	}
+	fill_header(&e->hdr, EVENT_TAMPER, sizeof(*e), task);
+	e->target_pid = target;
+	e->kind = kind;
+	e->sig = sig;
+	e->request = request;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0); /* rare, and urgent: wake the reader */
+}
+
+SEC("tp_btf/signal_generate")
+int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_struct *task)
+{
+	__u32 target = BPF_CORE_READ(task, tgid);
+
+	/* SIGCHLD (17) is the kernel reporting our own children's exits */
+	if (sig == 17 || !ignored(target) || ignored(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	report_tamper(target, TAMPER_SIGNAL, sig, 0);
+	return 0;
+}
+
+/* A classic tracepoint: it fires for ptrace only, not on every syscall (needs tracefs). */
+SEC("tracepoint/syscalls/sys_enter_ptrace")
+int handle_ptrace(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 target = ctx->args[1];
+
+	if (!ignored(target) || ignored(bpf_get_current_pid_tgid() >> 32))
+		return 0;
+	report_tamper(target, TAMPER_PTRACE, 0, ctx->args[0]);
+	return 0;
+}

@@ -27,6 +27,12 @@ enum event_type {
 	EVENT_FORK = 2,
 	EVENT_EXIT = 3,
 	EVENT_SYSCALL = 4,
+	EVENT_TAMPER = 5,
+};
+
+enum tamper_kind {
+	TAMPER_SIGNAL = 1,
+	TAMPER_PTRACE = 2,
 };
 
 /* exec_event.flags and fork_event.flags */
@@ -98,6 +104,16 @@ struct exit_event {
 	__u64 start_ns;
 	__u32 ppid;
 	__u32 exit_code; /* task->exit_code: (status << 8) | signal, 0x80 = core dumped */
+	char comm[TASK_COMM_LEN];
+};
+
+/* Another process aimed a signal or a ptrace request at the sensor (self-protection). */
+struct tamper_event {
+	struct event_header hdr; /* pid/tid: the sender */
+	__u32 target_pid;
+	__u32 kind;    /* enum tamper_kind */
+	__u32 sig;     /* signal number (TAMPER_SIGNAL) */
+	__u32 request; /* ptrace request (TAMPER_PTRACE) */
 	char comm[TASK_COMM_LEN];
 };
 

@@ -90,6 +90,8 @@ class Pipeline:
         self.emitted[event["event"].get("dataset", "")] += 1
         for sink in self.sinks:
             sink(event)
+        if self.notifier is not None and event["event"].get("kind") == "alert":
+            self.notifier.submit(event)
         if self.responder is not None and event["event"].get("action") == "exec":
             blocked = self.responder.on_exec(event, self._block)
             if blocked is not None:
@@ -100,8 +102,6 @@ class Pipeline:
             for rule in self.rules.match(event):
                 a = alert(rule, event)
                 self.emit(a)
-                if self.notifier is not None:
-                    self.notifier.submit(a)
                 if self.responder is not None:
                     for response in self.responder.respond(a):
                         self.emit(response)

@@ -13,7 +13,7 @@ from functools import lru_cache
 import psutil
 
 from .host import NS_PER_TICK, Host
-from .records import UNSET_ID, ProcessExec, ProcessExit, ProcessFork
+from .records import UNSET_ID, ProcessExec, ProcessExit, ProcessFork, Tamper
 from .schema import exit_fields, rfc3339, text
 
 log = logging.getLogger("sensor.processes")
@@ -158,7 +158,33 @@ class ProcessTable:
             return self.on_fork(record)
         if isinstance(record, ProcessExit):
             return self.on_exit(record)
+        if isinstance(record, Tamper):
+            return self.on_tamper(record)
         return None
+
+    def on_tamper(self, r: Tamper) -> dict:
+        """A signal or ptrace aimed at the sensor by another process: an alert of its own."""
+        import signal as _signal
+
+        sender = self.live.get(r.pid)
+        process = sender.ecs(self.host) if sender else {"pid": r.pid, "name": text(r.comm)[0]}
+        process["thread"] = {"id": r.tid}
+        if r.sig:
+            name = _signal.Signals(r.sig).name if r.sig in _signal.Signals._value2member_map_ else f"signal {r.sig}"
+            what, rid, action = f"{name} sent to the sensor", "sensor-tamper-signal", "sensor-signaled"
+        else:
+            what, rid, action = f"ptrace request {r.request} aimed at the sensor", "sensor-tamper-ptrace", "sensor-ptraced"
+        return {
+            "event": {"kind": "alert", "category": ["intrusion_detection"], "type": ["info"], "action": action,
+                      "dataset": "alert", "module": "sensor", "severity": 73, "reason": what},
+            "rule": {"id": rid, "name": "Sensor tampering: " + ("signal" if r.sig else "ptrace"),
+                     "description": "Another process aimed a signal or a ptrace request at the sensor.",
+                     "author": "sensor project", "level": "high", "ruleset": "sensor"},
+            "process": process,
+            "user": _ids(sender.euid) if sender else {},
+            "sensor": {"tamper": {"target_pid": r.target_pid, "signal": r.sig or None,
+                                  "ptrace_request": None if r.sig else r.request}},
+        }
 
     def on_exec(self, r: ProcessExec) -> dict:
         proc = self.find(r.pid, r.start_ns) or self._new(r.pid, r.start_ns)

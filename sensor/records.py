@@ -51,6 +51,18 @@ class ProcessFork:
 
 
 @dataclass(frozen=True, slots=True)
+class Tamper:
+    """Another process aimed a signal (sig) or a ptrace request at the sensor."""
+    ts_ns: int
+    pid: int  # the sender
+    tid: int
+    target_pid: int
+    sig: int
+    request: int
+    comm: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ProcessExit:
     ts_ns: int
     pid: int

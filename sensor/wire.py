@@ -8,8 +8,9 @@ TASK_COMM_LEN = 16
 ARGS_MAX = 8192
 PATH_DEPTH_MAX = 32
 
-EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL = 1, 2, 3, 4
-EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit"}
+EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER = 1, 2, 3, 4, 5
+EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit", EVENT_TAMPER: "tamper"}
+TAMPER_SIGNAL, TAMPER_PTRACE = 1, 2
 
 SYSCALL_NR_MAX = 1024
 TRACE_PATH_MAX = 256
@@ -72,12 +73,18 @@ syscall_args_event = np.dtype(_SYSCALL + [
 
 file_key = np.dtype([("dev", "<u8"), ("ino", "<u8")])
 
+tamper_event = np.dtype(_HEADER + [
+    ("target_pid", "<u4"), ("kind", "<u4"), ("sig", "<u4"), ("request", "<u4"),
+    ("comm", f"S{TASK_COMM_LEN}"),
+])
+
 # C struct name -> dtype, for the layout test and for decoders.
 STRUCTS = {
     "event_header": event_header,
     "exec_event": exec_event,
     "fork_event": fork_event,
     "exit_event": exit_event,
+    "tamper_event": tamper_event,
     "syscall_spec": syscall_spec,
     "file_key": file_key,
     "syscall_event": syscall_event,

@@ -17,6 +17,7 @@ const volatile struct {
 	struct event_header header;
 	struct fork_event fork;
 	struct exit_event exit;
+	struct tamper_event tamper;
 	struct syscall_spec spec;
 	struct file_key file_key;
 	struct syscall_event syscall;

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import wire
-from ..records import ProcessExec, ProcessExit, ProcessFork
-from .libbpf import BpfObject
+from ..records import ProcessExec, ProcessExit, ProcessFork, Tamper
+from .libbpf import BpfLoadError, BpfObject
 from .source import RingSource
 
 log = logging.getLogger("sensor.linux.process")
@@ -30,7 +30,8 @@ def _struct(dtype: np.dtype) -> struct.Struct:
     return s
 
 
-_EXEC, _FORK, _EXIT = (_struct(d) for d in (wire.exec_event, wire.fork_event, wire.exit_event))
+_EXEC, _FORK, _EXIT, _TAMPER = (_struct(d) for d in (wire.exec_event, wire.fork_event, wire.exit_event,
+                                                      wire.tamper_event))
 _TYPE = struct.Struct("<I")
 _TRUNC = ((wire.FLAG_ARGS_TRUNCATED, "args"), (wire.FLAG_FILENAME_TRUNCATED, "filename"),
           (wire.FLAG_EXE_TRUNCATED, "executable"), (wire.FLAG_CWD_TRUNCATED, "cwd"))
@@ -58,6 +59,9 @@ def decode(raw: bytes):
         (ts, _, _, pid, tid, _, _, start, pstart, cpid, ctid, flags, uid, comm) = _FORK.unpack_from(raw)
         return ProcessFork(ts, pid, tid, cpid, ctid, start, pstart, uid, _cstr(comm),
                            thread=bool(flags & wire.FLAG_THREAD))
+    if kind == wire.EVENT_TAMPER:
+        (ts, _, _, pid, tid, _, _, target, tkind, sig, request, comm) = _TAMPER.unpack_from(raw)
+        return Tamper(ts, pid, tid, target, sig if tkind == wire.TAMPER_SIGNAL else 0, request, _cstr(comm))
     if kind == wire.EVENT_EXIT:
         (ts, _, _, pid, _, _, _, start, ppid, code, comm) = _EXIT.unpack_from(raw)
         return ProcessExit(ts, pid, ppid, start, code, _cstr(comm))
@@ -119,6 +123,14 @@ class ProcessSource(RingSource):
                         rodata={"wakeup_bytes": self.wakeup_bytes, "trace_threads": self.threads,
                                 "only_traced": self.only_traced, "follow_forks": self.follow_forks},
                         max_entries={"events": self.ring_buffer_bytes})
+        def attach(o):
+            core = ["handle_exec", "handle_fork", "handle_exit", "handle_signal"]
+            o.attach(core)
+            try:
+                o.attach(["handle_ptrace"])
+            except BpfLoadError as exc:  # tracefs missing: the rest still runs
+                log.warning("ptrace aimed at the sensor will not be seen: %s", str(exc).splitlines()[0])
+
         def setup(o):
             # the sensor's own pid is excluded, and the block list in place, before any program runs
             o.map("ignored_tgids").update(os.getpid(), b"\x01")
@@ -126,7 +138,7 @@ class ProcessSource(RingSource):
             for dev, ino in self.blocked:
                 blocked.update(struct.pack("<QQ", dev, ino), b"\x01")
 
-        return self._open(obj, setup)
+        return self._open(obj, setup, attach)
 
     def traced(self):
         """The map of traced processes (tgid -> 1) that trace mode filters on."""

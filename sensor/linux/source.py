@@ -12,14 +12,15 @@ class RingSource:
     _obj: BpfObject | None = None
     _rb: RingBuffer | None = None
 
-    def _open(self, obj: BpfObject, setup=None):
-        """Maps the ring buffer and attaches; undoes everything if a step fails."""
+    def _open(self, obj: BpfObject, setup=None, attach=None):
+        """Maps the ring buffer and attaches (all programs, or as `attach` says); undoes
+        everything if a step fails."""
         self._obj = obj
         try:
             if setup:
                 setup(obj)
             self._rb = RingBuffer(obj.map_fd("events"), self.ring_buffer_bytes)
-            obj.attach()
+            attach(obj) if attach else obj.attach()
         except BaseException:
             self.close()
             raise
