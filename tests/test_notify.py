@@ -151,9 +151,12 @@ def test_sensor_sends_alerts_to_a_webhook(start_sensor, http, tmp_path):
     subprocess.run(["/bin/echo", "notify-me-91c0"], stdout=subprocess.DEVNULL)
     wait_for(lambda: http.requests, what="the webhook call")
     s.stop()
-    body = json.loads(http.requests[0][2])
-    assert body["rule"]["name"] == "notify marker" and body["process"]["args"] == ["/bin/echo", "notify-me-91c0"]
-    assert s.events(event__dataset="sensor.health")[-1]["sensor"]["health"]["notify"]["sent"] == 1
+    bodies = [json.loads(r[2]) for r in http.requests]
+    (body,) = [b for b in bodies if b["rule"]["name"] == "notify marker"]
+    assert body["process"]["args"] == ["/bin/echo", "notify-me-91c0"]
+    # every alert goes out, the tamper alerts of the stop signal (SIGCONT, SIGTERM) too
+    assert {b["rule"]["id"] for b in bodies} <= {"55555555-5555-4555-8555-555555555555", "sensor-tamper-signal"}
+    assert s.events(event__dataset="sensor.health")[-1]["sensor"]["health"]["notify"]["sent"] == len(bodies)
 
 
 def test_bad_notifier_config(tmp_path):
