@@ -178,3 +178,16 @@ def test_block_exec_by_sha256(start_sensor, tmp_path):
     s.stop()
     (resp,) = [e for e in s.events(event__dataset="response") if e["file"]["path"] == str(late)]
     assert resp["file"]["hash"]["sha256"] == digest
+
+
+def test_enforcement_mode_follows_what_the_kernel_loads(start_sensor):
+    """BPF LSM is used where it loads, bpf_send_signal otherwise; doctor and health agree."""
+    from sensor import doctor
+
+    lsm_loads = {c.name: c.ok for c in doctor.check_programs()}["program lsm"]
+    s = start_sensor("--rules", "none")
+    s.stop()
+    health = s.events(event__dataset="sensor.health")[-1]["sensor"]["health"]
+    # on our kernels LSM is refused, so this checks the fallback; the -EPERM path needs a kernel
+    # that loads BPF LSM (see docs/detection.md)
+    assert health["sources"]["process"]["enforcement"] == ("lsm" if lsm_loads else "send_signal")

@@ -9,7 +9,7 @@ from sensor.linux.btf import Btf
 OBJECTS = sorted((Path(wire.__file__).parent / "bpf").glob("*.bpf.o"))
 
 
-@pytest.fixture(scope="module", params=[p.name for p in OBJECTS if p.name != "probe.bpf.o"])
+@pytest.fixture(scope="module", params=[p.name for p in OBJECTS if p.name in ("process.bpf.o", "trace.bpf.o")])
 def btf(request):
     with Btf.from_file(Path(wire.__file__).parent / "bpf" / request.param) as b:
         yield b

@@ -10,12 +10,14 @@ import numpy as np
 
 from .. import wire
 from ..records import ProcessExec, ProcessExit, ProcessFork, Tamper
+from ..errors import SensorError
 from .libbpf import BpfLoadError, BpfObject
 from .source import RingSource
 
 log = logging.getLogger("sensor.linux.process")
 
 OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "process.bpf.o"
+LSM_OBJECT = OBJECT.with_name("lsm.bpf.o")
 _CODES = {"u8": "Q", "u4": "I", "u2": "H"}
 
 
@@ -125,6 +127,7 @@ class ProcessSource(RingSource):
                         max_entries={"events": self.ring_buffer_bytes})
         def attach(o):
             core = ["handle_exec", "handle_fork", "handle_exit", "handle_signal"]
+            self._lsm = self._load_lsm(o)
             o.attach(core)
             try:
                 o.attach(["handle_ptrace"])
@@ -157,6 +160,31 @@ class ProcessSource(RingSource):
                 out.append(rec)
         return out
 
+    _lsm = None
+
+    @property
+    def enforcement(self) -> str:
+        """How blocked executables are stopped: lsm (clean -EPERM) or send_signal (SIGKILL)."""
+        return "lsm" if self._lsm is not None else "send_signal"
+
+    def _load_lsm(self, obj):
+        """BPF LSM where the kernel loads it, sharing the block list; None where it refuses."""
+        if self.only_traced or not LSM_OBJECT.exists():
+            return None
+        try:
+            lsm = BpfObject(LSM_OBJECT, reuse={"blocked_exec": obj.map_fd("blocked_exec"),
+                                               "ignored_tgids": obj.map_fd("ignored_tgids")})
+            return lsm.attach()
+        except SensorError as exc:
+            log.info("BPF LSM unavailable (%s): blocking with bpf_send_signal", str(exc).splitlines()[0])
+            return None
+
+    def close(self):
+        if self._lsm is not None:
+            self._lsm.close()
+            self._lsm = None
+        super().close()
+
     def block(self, dev: int, ino: int):
         """Adds an executable's inode to the kernel's block list while running."""
         self._obj.map("blocked_exec").update(struct.pack("<QQ", dev, ino), b"\x01")
@@ -165,4 +193,5 @@ class ProcessSource(RingSource):
         lost = self._obj.map("lost") if self._obj else None
         kernel = (sum(sum(lost.percpu_u64(t)) for t in wire.EVENT_TYPES) + self._obj.recursion_misses()
                   if lost else 0)
-        return {"lost_kernel": kernel, "lost_user": self.decode_errors, "queue_bytes": self.queue_bytes()}
+        return {"lost_kernel": kernel, "lost_user": self.decode_errors, "queue_bytes": self.queue_bytes(),
+                "enforcement": self.enforcement}
