@@ -8,24 +8,11 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "sensor.h"
+#include "lib/maps.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define EPERM 1
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct file_key);
-	__type(value, __u8);
-} blocked_exec SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u8);
-} ignored_tgids SEC(".maps");
 
 /* Runs for each binary handler tried, so a script's own file is checked before its interpreter. */
 SEC("lsm/bprm_check_security")

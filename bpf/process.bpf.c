@@ -17,14 +17,6 @@ const volatile bool trace_threads = false;
 const volatile bool only_traced = false;
 const volatile bool follow_forks = true;
 
-/* Executables that must not run (inode -> 1), filled by user space from the response policy. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct file_key);
-	__type(value, __u8);
-} blocked_exec SEC(".maps");
-
 /* Exec records are too large for the BPF stack: build them here, then copy out only the bytes
  * used with bpf_ringbuf_output. */
 struct exec_scratch {

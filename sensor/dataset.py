@@ -1,7 +1,6 @@
 """Datasets from trace directories: info, and export to Parquet, CSV, ADFA-LD and LID-DS 2021."""
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .errors import SensorError
+from .filehash import sha256_file
 
 FORMATS = ("parquet", "csv", "adfa", "lidds")
 LIDDS_RES_HEADER = "timestamp,cpu_usage,memory_usage,network_received,network_send,storage_read,storage_written\n"
@@ -65,12 +65,7 @@ def load_run(path) -> Run:
     return Run(path, meta, kind, name)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = sha256_file
 
 
 def info(trace_dir, top: int = 10) -> dict:

@@ -1,7 +1,6 @@
 """The quarantine: files moved aside root-only with their hash and metadata, restorable."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,17 +9,10 @@ import uuid
 from pathlib import Path
 
 from .errors import SensorError
+from .filehash import sha256_file as _sha256
 
 # Quarantining these would break the host; a policy must ask for it (allow_system: true).
 SYSTEM_PREFIXES = ("/usr/", "/bin/", "/sbin/", "/lib", "/etc/", "/boot/", "/opt/sensor")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class Quarantine:

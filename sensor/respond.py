@@ -1,7 +1,6 @@
 """Response policies: kill matching processes safely, block executables in the kernel."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -12,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .filehash import sha256_file
 from .host import NS_PER_TICK
 from .schema import get, parse_time
 
@@ -100,14 +100,10 @@ def _digest(path: str, limit: int = 256 << 20) -> str | None:
     if key not in _digests:
         if st.st_size > limit:
             return None
-        h = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            _digests[key] = sha256_file(path)
         except OSError:
             return None
-        _digests[key] = h.hexdigest()
     return _digests[key]
 
 

@@ -4,6 +4,7 @@
 #define __SENSOR_COMMON_H
 
 #include "../sensor.h"
+#include "maps.h"
 
 /* Set by the loader before load. 0 wakes the reader on every record; otherwise the reader is
  * woken only once this many bytes wait, and polls on a short timer for the rest (a wakeup per
@@ -38,13 +39,6 @@ struct {
 	__type(value, __u64);
 } lost SEC(".maps");
 
-/* The sensor's own processes (tgid -> 1): never traced. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 64);
-	__type(key, __u32);
-	__type(value, __u8);
-} ignored_tgids SEC(".maps");
 
 /* Processes (tgid -> 1) that `sensor trace` follows. Shared by the process and trace programs
  * (user space hands one object's map to the other); empty and unallocated otherwise. */
