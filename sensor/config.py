@@ -27,6 +27,8 @@ OPTIONS: dict[str, tuple] = {
     "notifiers": (str, None, "YAML file of alert notifiers (webhook, telegram, email)"),
     "response_policy": (str, None, "YAML response policies (kill, kill-tree, block-exec, none)"),
     "rules": (str, "builtin", "Sigma rules: builtin, none, or comma-separated files/dirs (builtin may be one)"),
+    "metrics.enabled": (bool, True, "sample host resources (CPU, memory, disks, network, sensors)"),
+    "metrics.interval": (float, 1.0, "seconds between host.metrics samples"),
     "process.enabled": (bool, True, "trace exec, fork and exit in the kernel"),
     "process.ring_buffer_bytes": ("bytes", 4 << 20, "kernel ring buffer size (power of two)"),
     "process.threads": (bool, False, "also report thread creation"),

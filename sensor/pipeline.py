@@ -34,6 +34,10 @@ def build_sources(cfg: Config, blocked=()) -> list:
         sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
                                      threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
                                      blocked=blocked))
+    if cfg["metrics.enabled"]:
+        from .metrics import MetricsSource
+
+        sources.append(MetricsSource(interval=cfg["metrics.interval"]))
     return sources
 
 
@@ -116,6 +120,9 @@ class Pipeline:
         while True:
             records = source.poll()
             for rec in records:
+                if isinstance(rec, dict):  # portable sources hand over finished events
+                    self.emit(rec)
+                    continue
                 event = self.table.handle(rec)
                 if event is not None:
                     self.emit(event, rec.ts_ns)
@@ -175,7 +182,8 @@ class Pipeline:
         cfg = self.cfg
         ep = select.epoll()
         for s in self.sources:
-            ep.register(s.fileno(), select.EPOLLIN)
+            if s.fileno() is not None:  # timer-driven sources are polled every loop
+                ep.register(s.fileno(), select.EPOLLIN)
         deadline = self.started + duration if duration else None
         interval = cfg["health_interval"]
         next_health = time.monotonic() + interval
