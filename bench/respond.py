@@ -135,7 +135,7 @@ of a process that matches a kill policy; the share stopped before it finished.
 User-space path, exec (kernel timestamp) to the kill's response event: median {med}.
 The process ring wakes its reader as soon as it has caught up (the default). With a quarter-full
 wake threshold instead, measured the same day, this path stopped 20 % of the 10 ms processes at a
-50 ms median latency, and the exec storm above cost 1.02x instead of 1.14x: latency won.
+50 ms median latency, and the exec storm above cost 1.02x instead of about 1.15x: latency won.
 """)
 
 
