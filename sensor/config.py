@@ -30,11 +30,14 @@ OPTIONS: dict[str, tuple] = {
     "metrics.enabled": (bool, True, "sample host resources (CPU, memory, disks, network, sensors)"),
     "metrics.interval": (float, 1.0, "seconds between host.metrics samples"),
     "process.enabled": (bool, True, "trace exec, fork and exit in the kernel"),
+    "process.backend": (str, "auto", "ebpf, psutil (polling: no root or BTF needed, may miss short-lived processes), or auto"),
+    "process.poll_interval": (float, 1.0, "seconds between scans of the psutil backend"),
     "process.ring_buffer_bytes": ("bytes", 4 << 20, "kernel ring buffer size (power of two)"),
     "process.threads": (bool, False, "also report thread creation"),
     "process.wakeup_bytes": ("bytes", None, "wake the reader only when this much waits (default: whenever it has caught up)"),
 }
-CHOICES = {"console": ("auto", "on", "off"), "log_level": ("debug", "info", "warning", "error")}
+CHOICES = {"console": ("auto", "on", "off"), "log_level": ("debug", "info", "warning", "error"),
+           "process.backend": ("auto", "ebpf", "psutil")}
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}

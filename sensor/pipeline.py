@@ -13,7 +13,7 @@ import psutil
 from pathlib import Path
 
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, SensorError
 from .host import Host
 from .processes import ProcessTable
 from .schema import Stamper
@@ -26,14 +26,17 @@ def build_sources(cfg: Config, blocked=()) -> list:
     """The sources this platform and config ask for, not yet started."""
     sources = []
     if cfg["process.enabled"]:
-        if not sys.platform.startswith("linux"):
-            raise NotImplementedError("kernel process events need Linux (eBPF) for now")
-        from .linux.process import ProcessSource
-
         opts = cfg.section("process")
-        sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
-                                     threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
-                                     blocked=blocked))
+        if opts["backend"] == "psutil" or not sys.platform.startswith("linux"):
+            from .polling import PollingProcessSource
+
+            sources.append(PollingProcessSource(opts["poll_interval"]))
+        else:
+            from .linux.process import ProcessSource
+
+            sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
+                                         threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
+                                         blocked=blocked))
     if cfg["metrics.enabled"]:
         from .metrics import MetricsSource
 
@@ -125,6 +128,7 @@ class Pipeline:
                     continue
                 event = self.table.handle(rec)
                 if event is not None:
+                    event["event"]["module"] = getattr(source, "module", "ebpf")
                     self.emit(event, rec.ts_ns)
             n += len(records)
             if len(records) < 1 << 16:
@@ -167,8 +171,19 @@ class Pipeline:
         self.table.seed()
         started = []
         try:
-            for s in self.sources:
-                s.start()
+            for i, s in enumerate(self.sources):
+                try:
+                    s.start()
+                except SensorError as exc:
+                    if not (s.name == "process" and self.cfg["process.backend"] == "auto"):
+                        raise
+                    # no BTF, no root, no libbpf: keep running on the portable backend, and say so
+                    from .polling import PollingProcessSource
+
+                    log.warning("eBPF process tracing unavailable (%s); falling back to psutil polling every "
+                                "%ss: short-lived processes may be missed, exit codes are unknown, nothing is "
+                                "blocked in the kernel", str(exc).splitlines()[0], self.cfg["process.poll_interval"])
+                    s = self.sources[i] = PollingProcessSource(self.cfg["process.poll_interval"]).start()
                 started.append(s)
         except BaseException:
             for s in started:

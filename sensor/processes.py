@@ -240,7 +240,8 @@ class ProcessTable:
         while len(self.exited) > self.keep_exited:
             self.exited.popitem(last=False)
         event = self._event("exit", ["end"], proc, proc.ppid or r.ppid, None, r.pid)
-        event["process"].update(exit_fields(r.exit_code))
+        if r.exit_code is not None:
+            event["process"].update(exit_fields(r.exit_code))
         event["process"]["end"] = rfc3339(self.host.unix_ns(r.ts_ns))
         event["event"]["duration"] = max(r.ts_ns - proc.start_ns, 0)
         return event

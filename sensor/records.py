@@ -68,5 +68,5 @@ class ProcessExit:
     pid: int
     ppid: int
     start_ns: int
-    exit_code: int  # raw wait status: (code << 8) | signal
+    exit_code: int | None  # raw wait status: (code << 8) | signal; None when unknown (polling)
     comm: bytes

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from sensor.schema import parse_time, unescape
 from sensor.wire import ARGS_MAX
@@ -161,3 +162,46 @@ def test_hostile_argv_is_escaped_and_truncated(start_sensor, tmp_path):
     assert p["args_count"] == len(argv)
     assert len(p["args"]) < len(argv)
     assert sum(len(a) + 1 for a in p["args"]) <= ARGS_MAX + 64
+
+
+def test_unprivileged_sensor_falls_back_to_polling(tmp_path):
+    """Without root eBPF cannot load: the sensor says so and keeps running on psutil polling."""
+    import shutil as _sh
+
+    if not _sh.which("setpriv"):
+        import pytest
+        pytest.skip("setpriv (util-linux) is needed to drop privileges")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sensor-nobody-"))  # pytest's tmp dirs are root-only
+    base.chmod(0o777)
+    data = base / "data"
+    sensor = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+                               sys.executable, "-m", "sensor", "run", "--data-dir", str(data), "--console", "off",
+                               "--rules", "none", "--no-metrics-enabled",
+                               "--process-poll-interval", "0.2"],
+                              stderr=subprocess.PIPE, text=True, cwd=str(Path(__file__).resolve().parent.parent))
+    try:
+        err = ""
+        while "Ctrl-C stops" not in err:
+            line = sensor.stderr.readline()
+            assert line, f"sensor exited: {err}"
+            err += line
+        assert "falling back to psutil polling" in err
+        sleeper = subprocess.Popen(["sleep", "1"])
+        sleeper.wait()
+        time.sleep(0.5)
+        sensor.terminate()
+        assert sensor.wait(30) == 0
+        from sensor.store import read_events
+
+        evs = [e for e in read_events(data) if e["event"]["dataset"] == "process" and e["process"]["pid"] == sleeper.pid]
+    finally:
+        if sensor.poll() is None:
+            sensor.kill()
+            sensor.wait()
+        _sh.rmtree(base, ignore_errors=True)
+    assert [e["event"]["action"] for e in evs] == ["exec", "exit"]
+    assert all(e["event"]["module"] == "psutil" for e in evs)
+    assert evs[0]["process"]["args"] == ["sleep", "1"]
+    assert "exit_code" not in evs[1]["process"]  # a poller cannot know it

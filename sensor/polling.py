@@ -1,0 +1,101 @@
+"""The portable process backend: psutil polling, for hosts where eBPF cannot load (no BTF, no
+root). Reduced guarantees: processes that live less than an interval may be missed, and exit
+codes are unknown (a poller only sees that a process is gone)."""
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+from .host import NS_PER_TICK
+from .records import ProcessExec, ProcessExit
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class PollingProcessSource:
+    name = "process"
+    module = "psutil"
+
+    def __init__(self, interval: float = 1.0):
+        self.interval = interval
+        self._known: dict[int, tuple[int, int]] = {}  # pid -> (start ticks, ppid)
+        self._next = 0.0
+
+    def start(self):
+        self._known = self._scan()  # the snapshot at start is the process cache's job
+        self._next = time.monotonic() + self.interval
+        return self
+
+    def fileno(self):
+        return None
+
+    def _scan(self) -> dict[int, tuple[int, int]]:
+        out = {}
+        for p in psutil.process_iter(["pid", "ppid"]):
+            ticks = _start_ticks(p.info["pid"])
+            if ticks is not None:
+                out[p.info["pid"]] = (ticks, p.info["ppid"] or 0)
+        return out
+
+    def poll(self) -> list:
+        now = time.monotonic()
+        if now < self._next:
+            return []
+        self._next = now + self.interval
+        boot_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        current = self._scan()
+        records = []
+        for pid, (ticks, ppid) in self._known.items():
+            if current.get(pid, (None,))[0] != ticks:
+                records.append(ProcessExit(boot_ns, pid, ppid, ticks * NS_PER_TICK, None, b""))
+        for pid, (ticks, ppid) in current.items():
+            if self._known.get(pid, (None,))[0] != ticks and pid != os.getpid():
+                rec = self._exec(pid, ticks, ppid, boot_ns)
+                if rec is not None:
+                    records.append(rec)
+        self._known = current
+        return records
+
+    def _exec(self, pid: int, ticks: int, ppid: int, boot_ns: int) -> ProcessExec | None:
+        try:
+            p = psutil.Process(pid)
+            with p.oneshot():
+                args = p.cmdline()
+                uids, gids = p.uids(), p.gids()
+                exe = cwd = None
+                try:
+                    exe, cwd = p.exe() or None, p.cwd()
+                except (psutil.AccessDenied, psutil.ZombieProcess):
+                    pass  # another user's process, seen without root
+                name = p.name()
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            return None  # came and went between the scan and now
+        except psutil.AccessDenied:
+            args, uids, gids, exe, cwd, name = [], None, None, None, None, ""
+        parent = _start_ticks(ppid) if ppid else None
+        return ProcessExec(
+            ts_ns=boot_ns, pid=pid, tid=pid, ppid=ppid, start_ns=ticks * NS_PER_TICK,
+            parent_start_ns=(parent or 0) * NS_PER_TICK,
+            uid=uids.real if uids else 0, gid=gids.real if gids else 0,
+            euid=uids.effective if uids else 0, egid=gids.effective if gids else 0,
+            argc=len(args), args=tuple(a.encode("utf-8", "surrogateescape") for a in args),
+            filename=(exe or name).encode("utf-8", "surrogateescape"),
+            executable=exe.encode("utf-8", "surrogateescape") if exe else None,
+            cwd=cwd.encode("utf-8", "surrogateescape") if cwd else None, comm=name.encode()[:15])
+
+    def stats(self) -> dict:
+        return {"lost_kernel": 0, "lost_user": 0, "queue_bytes": 0}
+
+    def detach(self):
+        pass
+
+    def close(self):
+        pass
