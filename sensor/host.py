@@ -63,6 +63,16 @@ class Host:
         return hashlib.blake2b(key, digest_size=12).hexdigest()
 
 
+def start_ticks(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: the process's start_boottime in USER_HZ ticks (comm may hold
+    spaces, hence the split after its closing parenthesis); None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _os_family() -> str:
     data = _read("/etc/os-release")
     for line in data.splitlines():

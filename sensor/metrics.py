@@ -6,6 +6,8 @@ import time
 
 import psutil
 
+from .timersource import TimerSource
+
 
 def _asdict(nt) -> dict:
     return {k: v for k, v in nt._asdict().items()} if nt is not None else {}
@@ -17,7 +19,7 @@ def _rates(now: dict, before: dict, seconds: float) -> dict:
             if isinstance(now[k], (int, float))}
 
 
-class MetricsSource:
+class MetricsSource(TimerSource):
     """A timer-driven source: `poll` yields a sample once per interval, nothing in between."""
 
     name = "host.metrics"
@@ -37,8 +39,6 @@ class MetricsSource:
         self._last = self._counters()
         return self
 
-    def fileno(self):
-        return None
 
     def _counters(self) -> dict:
         return {"disk": {d: _asdict(c) for d, c in (psutil.disk_io_counters(perdisk=True) or {}).items()},
@@ -86,14 +86,6 @@ class MetricsSource:
                           "dataset": "host.metrics", "module": "psutil"},
                 "host": {"metrics": host}}
 
-    def stats(self) -> dict:
-        return {"lost_kernel": 0, "lost_user": 0, "queue_bytes": 0}
-
-    def detach(self):
-        pass
-
-    def close(self):
-        pass
 
 
 def _sensors() -> dict:

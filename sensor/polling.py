@@ -8,21 +8,13 @@ import time
 
 import psutil
 
-from .host import NS_PER_TICK
+from .host import NS_PER_TICK, start_ticks
 from .records import ProcessExec, ProcessExit
+from .timersource import TimerSource
 
 
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-class PollingProcessSource:
+class PollingProcessSource(TimerSource):
     name = "process"
-    module = "psutil"
 
     def __init__(self, interval: float = 1.0):
         self.interval = interval
@@ -34,13 +26,11 @@ class PollingProcessSource:
         self._next = time.monotonic() + self.interval
         return self
 
-    def fileno(self):
-        return None
 
     def _scan(self) -> dict[int, tuple[int, int]]:
         out = {}
         for p in psutil.process_iter(["pid", "ppid"]):
-            ticks = _start_ticks(p.info["pid"])
+            ticks = start_ticks(p.info["pid"])
             if ticks is not None:
                 out[p.info["pid"]] = (ticks, p.info["ppid"] or 0)
         return out
@@ -80,7 +70,7 @@ class PollingProcessSource:
             return None  # came and went between the scan and now
         except psutil.AccessDenied:
             args, uids, gids, exe, cwd, name = [], None, None, None, None, ""
-        parent = _start_ticks(ppid) if ppid else None
+        parent = start_ticks(ppid) if ppid else None
         return ProcessExec(
             ts_ns=boot_ns, pid=pid, tid=pid, ppid=ppid, start_ns=ticks * NS_PER_TICK,
             parent_start_ns=(parent or 0) * NS_PER_TICK,
@@ -90,12 +80,3 @@ class PollingProcessSource:
             filename=(exe or name).encode("utf-8", "surrogateescape"),
             executable=exe.encode("utf-8", "surrogateescape") if exe else None,
             cwd=cwd.encode("utf-8", "surrogateescape") if cwd else None, comm=name.encode()[:15])
-
-    def stats(self) -> dict:
-        return {"lost_kernel": 0, "lost_user": 0, "queue_bytes": 0}
-
-    def detach(self):
-        pass
-
-    def close(self):
-        pass

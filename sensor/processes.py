@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import psutil
 
-from .host import NS_PER_TICK, Host
+from .host import NS_PER_TICK, Host, start_ticks
 from .records import UNSET_ID, ProcessExec, ProcessExit, ProcessFork, Tamper
 from .schema import exit_fields, rfc3339, text
 
@@ -123,14 +123,15 @@ class ProcessTable:
         attrs = ["pid", "ppid", "exe", "cmdline", "cwd", "uids", "gids"]
         for p in psutil.process_iter(attrs, ad_value=None):
             info = p.info
-            start = _proc_start_ns(info["pid"])
+            ticks = start_ticks(info["pid"])
+            start = None if ticks is None else ticks * NS_PER_TICK
             if start is None:
                 continue
             proc = self._new(info["pid"], start)
             proc.ppid = info["ppid"]
-            ppid_start = _proc_start_ns(proc.ppid) if proc.ppid else None
-            if ppid_start is not None:
-                proc.parent_entity_id = self.host.entity_id(proc.ppid, ppid_start)
+            ppid_ticks = start_ticks(proc.ppid) if proc.ppid else None
+            if ppid_ticks is not None:
+                proc.parent_entity_id = self.host.entity_id(proc.ppid, ppid_ticks * NS_PER_TICK)
             proc.set_image(info["exe"] or None, info["cmdline"] or [], info["cwd"])
             proc.args_count = len(proc.args)
             if info["uids"]:
@@ -289,13 +290,3 @@ class ProcessTable:
 def _same_start(a: int, b: int) -> bool:
     return a // NS_PER_TICK == b // NS_PER_TICK
 
-
-def _proc_start_ns(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat (start_boottime in ticks), as ns; comm may hold spaces."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(b")") + 2:].split()
-    return int(fields[19]) * NS_PER_TICK

@@ -12,7 +12,7 @@ import yaml
 
 from .errors import ConfigError
 from .filehash import sha256_file
-from .host import NS_PER_TICK
+from .host import NS_PER_TICK, start_ticks
 from .schema import get, parse_time
 
 log = logging.getLogger("sensor.respond")
@@ -164,14 +164,6 @@ def _protected_pids() -> set[int]:
     return pids
 
 
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 def _is_kernel_thread(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -255,7 +247,7 @@ class Responder:
                 continue
             try:
                 # the pidfd pins the process; check it is the one the alert is about, not a reuse
-                if t == pid and want_ticks is not None and _start_ticks(t) not in (want_ticks, want_ticks + 1):
+                if t == pid and want_ticks is not None and start_ticks(t) not in (want_ticks, want_ticks + 1):
                     return "skipped", f"pid {t} now belongs to another process", targets
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
                 killed.append(t)

@@ -1,0 +1,17 @@
+"""Base of the sources driven by a timer (psutil samplers): no fd, no kernel loss, nothing to detach."""
+
+
+class TimerSource:
+    module = "psutil"
+
+    def fileno(self):
+        return None  # polled by the pipeline on every loop
+
+    def stats(self) -> dict:
+        return {"lost_kernel": 0, "lost_user": 0, "queue_bytes": 0}
+
+    def detach(self):
+        pass
+
+    def close(self):
+        pass
