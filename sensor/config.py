@@ -35,9 +35,20 @@ OPTIONS: dict[str, tuple] = {
     "process.ring_buffer_bytes": ("bytes", 4 << 20, "kernel ring buffer size (power of two)"),
     "process.threads": (bool, False, "also report thread creation"),
     "process.wakeup_bytes": ("bytes", None, "wake the reader only when this much waits (default: whenever it has caught up)"),
+    "inventory.processes": (bool, True, "report running processes at start, then their significant changes"),
+    "inventory.interval": (float, 5.0, "seconds between inventory scans (processes, services, sessions)"),
+    "inventory.io_threshold": ("bytes", 100 << 20, "report a process's I/O once it grew this much since last reported"),
+    "inventory.memory_threshold": ("bytes", 100 << 20, "report a process's RSS once it grew this much (or by half) since last reported"),
+    "services.enabled": (bool, True, "report services at start, then their changes"),
+    "services.backend": (str, "auto", "systemd (D-Bus), sysv (init scripts), or auto (systemd when it is PID 1)"),
+    "services.init_dir": (str, "/etc/init.d", "sysv: the init scripts' directory"),
+    "logins.enabled": (bool, True, "report sessions, logins, failed logins and sudo use"),
+    "logins.auth_log": (str, "/var/log/auth.log", "syslog auth file followed where journald does not run"),
 }
 CHOICES = {"console": ("auto", "on", "off"), "log_level": ("debug", "info", "warning", "error"),
            "process.backend": ("auto", "ebpf", "psutil")}
+
+CHOICES["services.backend"] = ("auto", "systemd", "sysv")
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 10**6,
           "mib": 1 << 20, "g": 1 << 30, "gb": 10**9, "gib": 1 << 30, "t": 1 << 40, "tib": 1 << 40}

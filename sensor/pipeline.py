@@ -41,6 +41,9 @@ def build_sources(cfg: Config, blocked=()) -> list:
         from .metrics import MetricsSource
 
         sources.append(MetricsSource(interval=cfg["metrics.interval"]))
+    from .inventory import build as build_inventory
+
+    sources += build_inventory(cfg)
     return sources
 
 
