@@ -22,8 +22,6 @@ def service_event(action: str, rec: dict, previous: dict | None = None, module: 
     types = {"snapshot": ["info"], "added": ["creation"], "removed": ["deletion"]}.get(action, ["change"])
     service = {k: rec.get(k) for k in ("name", "type", "state", "sub_state", "start_mode", "description",
                                        "display_name", "unit_file", "start", "memory_bytes", "cpu_seconds")}
-    if previous:
-        service["previous"] = previous
     ev = inventory_event("host.services", action, ["configuration"], types, module=module or rec["type"],
                          service=service,
                          process={"pid": rec.get("pid") or None, "executable": rec.get("executable"),
@@ -31,7 +29,10 @@ def service_event(action: str, rec: dict, previous: dict | None = None, module: 
                          user={"name": rec.get("user")})
     if rec.get("code"):
         ev["event"]["code"] = rec["code"]
-    return without_none(ev)
+    ev = without_none(ev)
+    if previous:  # the changed fields' old values; null where there was none (no pid when stopped)
+        ev["service"]["previous"] = previous
+    return ev
 
 
 def diff(before: dict[str, dict], after: dict[str, dict | None], module: str) -> list[dict]:

@@ -53,7 +53,7 @@ def decode(unit: dict, service: dict) -> dict:
         "unit_file": unit.get("FragmentPath") or None,
         "pid": pid, "executable": execs[0][0] if execs else None,
         "command_line": " ".join(execs[0][1]) if execs and execs[0][1] else None,
-        "user": service.get("User") or ("root" if pid else None),  # no User=: the manager's own
+        "user": service.get("User") or "root",  # no User=: the system manager's own
         "memory_bytes": mem if mem != UNKNOWN else None,
         "cpu_seconds": round(cpu / 1e9, 3) if cpu != UNKNOWN else None,
         "start": rfc3339(started * 1000) if started and pid else None,

@@ -95,7 +95,7 @@ class SysvBackend:
     def snapshot(self) -> dict[str, dict]:
         scripts = [(p, parse_script(p)) for p in self._scripts()]
         by_exe: dict[str, list[int]] = {}
-        if any(s["daemon"] for _, s in scripts):
+        if any(s["daemon"] and not s["pidfile"] for _, s in scripts):  # only they need the process table
             for proc in psutil.process_iter(["pid", "exe"]):
                 if proc.info["exe"]:
                     by_exe.setdefault(proc.info["exe"], []).append(proc.info["pid"])
@@ -105,7 +105,8 @@ class SysvBackend:
         rec = {"name": script["name"], "type": "sysv", "description": script["description"],
                "start_mode": self._start_mode(script["name"]), "unit_file": str(path),
                "executable": script["daemon"]}
-        candidates = [script["pidfile"]] if script["pidfile"] else \
+        declared = script["pidfile"]
+        candidates = [declared] if declared else \
             [f"/run/{script['name']}.pid", f"/run/{script['name']}/{script['name']}.pid"]
         pidfile = next((p for p in candidates if os.path.exists(p)), None)
         pid = _read_pid(pidfile) if pidfile else None
@@ -113,14 +114,14 @@ class SysvBackend:
             rec.update(state="running", sub_state="running", pid=pid)
         elif pidfile:  # LSB status 1: "program is dead and the pid file exists"
             rec.update(state="failed", sub_state="dead-pidfile")
+        elif declared:  # its own pid file is absent: not started (another copy of the program is not it)
+            rec.update(state="stopped", sub_state="dead")
         elif script["daemon"]:
             pids = by_exe.get(os.path.realpath(script["daemon"]), [])
             if pids:
                 rec.update(state="running", sub_state="running", pid=min(pids))
             else:
                 rec.update(state="stopped", sub_state="dead")
-        elif script["pidfile"]:
-            rec.update(state="stopped", sub_state="dead")
         else:
             rec.update(state="unknown")
         if rec.get("pid"):
