@@ -100,6 +100,22 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 		bpf_send_signal(9);
 		e->flags |= FLAG_BLOCKED;
 	}
+	if (bpf_map_lookup_elem(&written, &key))
+		e->flags |= FLAG_WRITTEN;
+	/* a script: exe_file is its interpreter, bprm->executable the script itself (5.8+) */
+	if (bpf_core_field_exists(bprm->executable)) {
+		struct file *script = BPF_CORE_READ(bprm, executable);
+
+		if (script) {
+			struct file_key skey = {
+				.dev = BPF_CORE_READ(script, f_inode, i_sb, s_dev),
+				.ino = BPF_CORE_READ(script, f_inode, i_ino),
+			};
+
+			if (bpf_map_lookup_elem(&written, &skey))
+				e->flags |= FLAG_WRITTEN;
+		}
+	}
 	e->exe_len = read_path(&exe->f_path, e->data, &off, &truncated);
 	if (truncated)
 		e->flags |= FLAG_EXE_TRUNCATED;

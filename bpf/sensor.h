@@ -28,6 +28,7 @@ enum event_type {
 	EVENT_EXIT = 3,
 	EVENT_SYSCALL = 4,
 	EVENT_TAMPER = 5,
+	EVENT_FILE = 6,
 };
 
 enum tamper_kind {
@@ -44,6 +45,7 @@ enum event_flags {
 	FLAG_THREAD = 1 << 4,     /* fork created a thread (CLONE_THREAD), not a process */
 	FLAG_DATA_FULL = 1 << 5,  /* data[] ran out of room: later parts are missing */
 	FLAG_BLOCKED = 1 << 6,    /* the image was on the block list: the task got SIGKILL */
+	FLAG_WRITTEN = 1 << 7,    /* the image was created or written since the sensor started */
 };
 
 /* Key of the block list: the executable's inode. dev is the kernel's encoding
@@ -115,6 +117,90 @@ struct tamper_event {
 	__u32 sig;     /* signal number (TAMPER_SIGNAL) */
 	__u32 request; /* ptrace request (TAMPER_PTRACE) */
 	char comm[TASK_COMM_LEN];
+};
+
+/* File activity (file.bpf.c). Paths are absolute and root first: built from the dentries of an
+ * open file, or, for calls that name a path, from the cwd or dirfd's dentries joined with the
+ * string the caller passed (not resolved further: symlinks inside it stay as named). */
+#define FILE_PATH_MAX 4096 /* power of two: offsets are masked with FILE_PATH_MAX - 1 */
+#define FILE_DEPTH_MAX 64
+#define PREFIX_MAX 256     /* bytes of a path the watch/exclude prefixes are matched against */
+
+enum file_op {
+	FILE_CREATE = 1,
+	FILE_WRITE = 2,    /* writes folded: at most one record per file, process and interval */
+	FILE_DELETE = 3,
+	FILE_RENAME = 4,   /* path: the new name, path2: the old */
+	FILE_CHMOD = 5,
+	FILE_CHOWN = 6,
+	FILE_LINK = 7,     /* path: the new link, path2: the existing file */
+	FILE_SYMLINK = 8,  /* path: the new link, path2: its target as given */
+	FILE_TRUNCATE = 9,
+	FILE_MKDIR = 10,
+	FILE_RMDIR = 11,
+};
+
+enum file_flags {
+	FILE_PATH_TRUNCATED = 1 << 0,
+	FILE_PATH2_TRUNCATED = 1 << 1,
+	FILE_AT_CLOSE = 1 << 2,   /* FILE_WRITE: the rest of the writes, reported at close */
+	FILE_HAS_INODE = 1 << 3,  /* dev, ino, mode, uid and gid come from the file's inode */
+};
+
+/* file_calls[nr]: how the file programs handle syscall nr (filled by user space from its syscall
+ * table, so one pair of raw sys_enter/sys_exit programs serves every architecture). Argument
+ * fields are indices 0-5, or FC_NONE. */
+enum file_call_kind {
+	FC_OPEN = 1,  /* at exit: the returned fd */
+	FC_WRITE = 2, /* at entry: arg `path` is the fd, `bytes` the count */
+	FC_CLOSE = 3,
+	FC_FD = 4,    /* at entry: arg `path` is the fd the op applies to */
+	FC_PATH = 5,  /* at entry, sent at exit if it succeeded: `dirfd` + `path` name the file */
+};
+#define FC_NONE 0xff
+
+struct file_call {
+	__u8 kind;   /* enum file_call_kind; 0: not a file call */
+	__u8 op;     /* enum file_op */
+	__u8 dirfd;  /* FC_NONE: relative to the cwd */
+	__u8 path;
+	__u8 dirfd2;
+	__u8 path2;
+	__u8 mode;
+	__u8 owner;  /* uid; the gid is the next argument */
+	__u8 flags;  /* an AT_REMOVEDIR bit here makes a delete an rmdir (unlinkat) */
+	__u8 bytes;
+	__u8 raw2;   /* path2 is kept as written (a symlink's target) */
+	__u8 _pad[5];
+};
+
+/* Values of the `prefixes` LPM trie */
+enum prefix_kind {
+	PREFIX_WATCH = 1,
+	PREFIX_EXCLUDE = 2,
+};
+
+struct prefix_key {
+	__u32 prefixlen; /* in bits */
+	char path[PREFIX_MAX];
+};
+
+struct file_event {
+	struct event_header hdr;
+	__u64 start_ns; /* the actor's entity key, as in exec_event */
+	__u64 dev;      /* with FILE_HAS_INODE */
+	__u64 ino;
+	__u64 count;    /* FILE_WRITE: write calls folded into this record */
+	__u64 bytes;    /* FILE_WRITE: bytes those calls asked to write */
+	__u32 op;       /* enum file_op */
+	__u32 flags;    /* enum file_flags */
+	__u32 mode;     /* the inode's i_mode, or the mode asked for (chmod, mkdir) */
+	__u32 uid;      /* the inode's owner, or the owner asked for (chown; -1: unchanged) */
+	__u32 gid;
+	__u16 path_len;  /* bytes at data[0], NUL included */
+	__u16 path2_len; /* bytes at FILE_PATH_MAX past the path, NUL included; 0 when none */
+	char comm[TASK_COMM_LEN];
+	/* followed by the path, and by path2 at offset FILE_PATH_MAX of that data */
 };
 
 /* Syscall tracing (`sensor trace`). Its ring buffer holds only syscall records, all of one size

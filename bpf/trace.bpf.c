@@ -7,6 +7,7 @@
 #include <bpf/bpf_core_read.h>
 #include "sensor.h"
 #include "lib/common.h"
+#include "lib/syscall.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -40,28 +41,6 @@ struct {
 	__type(key, int);
 	__type(value, struct inflight);
 } inflight SEC(".maps");
-
-/* libbpf before 1.2 has no sixth syscall argument accessor */
-#ifndef PT_REGS_PARM6_CORE_SYSCALL
-#if defined(__TARGET_ARCH_x86)
-#define PT_REGS_PARM6_CORE_SYSCALL(x) BPF_CORE_READ(x, r9)
-#elif defined(__TARGET_ARCH_arm64)
-#define PT_REGS_PARM6_CORE_SYSCALL(x) BPF_CORE_READ(x, regs[5])
-#endif
-#endif
-
-static __always_inline __u64 syscall_arg(struct pt_regs *regs, int i)
-{
-	switch (i) {
-	case 0: return PT_REGS_PARM1_CORE_SYSCALL(regs);
-	case 1: return PT_REGS_PARM2_CORE_SYSCALL(regs);
-	case 2: return PT_REGS_PARM3_CORE_SYSCALL(regs);
-	case 3: return PT_REGS_PARM4_CORE_SYSCALL(regs);
-	case 4: return PT_REGS_PARM5_CORE_SYSCALL(regs);
-	case 5: return PT_REGS_PARM6_CORE_SYSCALL(regs);
-	}
-	return 0;
-}
 
 static __always_inline __u16 read_path(char *dst, __u64 ptr, __u32 *flags, __u32 flag)
 {

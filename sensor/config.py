@@ -29,6 +29,13 @@ OPTIONS: dict[str, tuple] = {
     "rules": (str, "builtin", "Sigma rules: builtin, none, or comma-separated files/dirs (builtin may be one)"),
     "metrics.enabled": (bool, True, "sample host resources (CPU, memory, disks, network, sensors)"),
     "metrics.interval": (float, 1.0, "seconds between host.metrics samples"),
+    "files.enabled": (bool, True, "report file changes under the watched paths"),
+    "files.backend": (str, "auto", "ebpf (in the kernel, with the acting process), watchdog (inotify and friends, no actor), or auto"),
+    "files.paths": (str, "/home,/root,/usr/bin,/usr/local/bin,/tmp,/var/tmp,/mnt,/etc,/usr/lib/systemd,/dev/shm",
+                    "comma-separated path prefixes to watch (a trailing * matches name prefixes: /etc/cron*)"),
+    "files.exclude": (str, "/root/.cache,/var/tmp/systemd-private-", "comma-separated prefixes never reported (the data dir always is)"),
+    "files.write_interval": (float, 1.0, "ebpf: at most one write event per file and process per this many seconds"),
+    "files.ring_buffer_bytes": ("bytes", 4 << 20, "ebpf: kernel ring buffer size (power of two)"),
     "process.enabled": (bool, True, "trace exec, fork and exit in the kernel"),
     "process.backend": (str, "auto", "ebpf, psutil (polling: no root or BTF needed, may miss short-lived processes), or auto"),
     "process.poll_interval": (float, 1.0, "seconds between scans of the psutil backend"),
@@ -46,7 +53,7 @@ OPTIONS: dict[str, tuple] = {
     "logins.auth_log": (str, "/var/log/auth.log", "syslog auth file followed where journald does not run"),
 }
 CHOICES = {"console": ("auto", "on", "off"), "log_level": ("debug", "info", "warning", "error"),
-           "process.backend": ("auto", "ebpf", "psutil")}
+           "process.backend": ("auto", "ebpf", "psutil"), "files.backend": ("auto", "ebpf", "watchdog")}
 
 CHOICES["services.backend"] = ("auto", "systemd", "sysv")
 

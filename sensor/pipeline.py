@@ -37,6 +37,14 @@ def build_sources(cfg: Config, blocked=()) -> list:
             sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
                                          threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
                                          blocked=blocked))
+    if cfg["files.enabled"] and cfg["files.backend"] != "watchdog" and sys.platform.startswith("linux"):
+        from .linux.file import FileSource
+
+        process = next((s for s in sources if s.name == "process" and hasattr(s, "shared_maps")), None)
+        sources.append(FileSource(_items(cfg["files.paths"]), _items(cfg["files.exclude"]) + [cfg["data_dir"]],
+                                  ring_buffer_bytes=cfg["files.ring_buffer_bytes"],
+                                  write_interval=cfg["files.write_interval"],
+                                  shared=process.shared_maps if process else None))
     if cfg["metrics.enabled"]:
         from .metrics import MetricsSource
 
@@ -45,6 +53,10 @@ def build_sources(cfg: Config, blocked=()) -> list:
 
     sources += build_inventory(cfg)
     return sources
+
+
+def _items(spec: str | None) -> list[str]:
+    return [x.strip() for x in (spec or "").split(",") if x.strip()]
 
 
 def load_rules(spec: str):
@@ -121,20 +133,30 @@ class Pipeline:
             if hasattr(s, "block"):
                 s.block(dev, ino)
 
-    def _drain(self, source) -> int:
+    def _drain(self) -> int:
+        """Reads every source until each has caught up. Kernel records of one round are handled
+        in time order across sources: a file written then executed, or a process that execs then
+        connects, reaches the process cache in the order it happened, whichever ring it took."""
         n = 0
         while True:
-            records = source.poll()
-            for rec in records:
-                if isinstance(rec, dict):  # portable sources hand over finished events
-                    self.emit(rec)
-                    continue
+            batch, full = [], False
+            for source in self.sources:
+                records = source.poll()
+                full = full or len(records) >= 1 << 16
+                n += len(records)
+                module = getattr(source, "module", "ebpf")
+                for rec in records:
+                    if isinstance(rec, dict):  # portable sources hand over finished events
+                        self.emit(rec)
+                    else:
+                        batch.append((rec.ts_ns, module, rec))
+            batch.sort(key=lambda item: item[0])
+            for ts_ns, module, rec in batch:
                 event = self.table.handle(rec)
                 if event is not None:
-                    event["event"]["module"] = getattr(source, "module", "ebpf")
-                    self.emit(event, rec.ts_ns)
-            n += len(records)
-            if len(records) < 1 << 16:
+                    event["event"]["module"] = module
+                    self.emit(event, ts_ns)
+            if not full:
                 return n
 
     def _cpu_seconds(self) -> float:
@@ -174,26 +196,38 @@ class Pipeline:
         self.table.seed()
         started = []
         try:
-            for i, s in enumerate(self.sources):
+            for s in self.sources:
                 try:
                     s.start()
                 except SensorError as exc:
-                    if not (s.name == "process" and self.cfg["process.backend"] == "auto"):
-                        raise
-                    # no BTF, no root, no libbpf: keep running on the portable backend, and say so
-                    from .polling import PollingProcessSource
-
-                    log.warning("eBPF process tracing unavailable (%s); falling back to psutil polling every "
-                                "%ss: short-lived processes may be missed, exit codes are unknown, nothing is "
-                                "blocked in the kernel", str(exc).splitlines()[0], self.cfg["process.poll_interval"])
-                    s = self.sources[i] = PollingProcessSource(self.cfg["process.poll_interval"]).start()
+                    s = self._fallback(s, exc)
+                    if s is None:
+                        continue
+                    s.start()
                 started.append(s)
+            self.sources = started
         except BaseException:
             for s in started:
                 s.close()
             self.store.close()
             raise
         return self
+
+    def _fallback(self, source, exc: SensorError):
+        """The portable backend for a kernel source that could not start (no BTF, no root, no
+        tracefs), when its backend is `auto`; otherwise the error stands."""
+        reason = str(exc).splitlines()[0]
+        if source.name == "process" and self.cfg["process.backend"] == "auto":
+            from .polling import PollingProcessSource
+
+            log.warning("eBPF process tracing unavailable (%s); falling back to psutil polling every "
+                        "%ss: short-lived processes may be missed, exit codes are unknown, nothing is "
+                        "blocked in the kernel", reason, self.cfg["process.poll_interval"])
+            return PollingProcessSource(self.cfg["process.poll_interval"])
+        if source.name == "file" and self.cfg["files.backend"] == "auto":
+            log.warning("eBPF file monitoring unavailable (%s): no file events", reason)
+            return None
+        raise exc
 
     def run(self, stop: threading.Event, duration: float | None = None, on_health=None):
         """Runs until `stop` is set or `duration` seconds pass; then drains and closes."""
@@ -208,8 +242,7 @@ class Pipeline:
         try:
             while not stop.is_set():
                 ep.poll(cfg["poll_interval"])
-                for s in self.sources:
-                    self._drain(s)
+                self._drain()
                 self.store.tick()
                 now = time.monotonic()
                 if now >= next_health:
@@ -231,8 +264,7 @@ class Pipeline:
         self._closed = True
         for s in self.sources:
             s.detach()
-        for s in self.sources:
-            self._drain(s)
+        self._drain()
         if self.notifier is not None:
             self.notifier.close()
         self.store.flush()  # so the final health counts every event before it as written

@@ -13,7 +13,7 @@ from functools import lru_cache
 import psutil
 
 from .host import NS_PER_TICK, Host, start_ticks
-from .records import UNSET_ID, ProcessExec, ProcessExit, ProcessFork, Tamper
+from .records import UNSET_ID, FileActivity, ProcessExec, ProcessExit, ProcessFork, Tamper
 from .schema import exit_fields, rfc3339, text
 
 log = logging.getLogger("sensor.processes")
@@ -117,6 +117,9 @@ class ProcessTable:
         self.live: dict[int, Proc] = {}
         self.exited: OrderedDict[tuple[int, int], Proc] = OrderedDict()
         self.keep_exited = keep_exited
+        # paths files were written to: the kernel flags an exec of a written binary by inode, but
+        # a script's exe_file is its interpreter, so scripts are matched here by name
+        self.written: OrderedDict[bytes, int] = OrderedDict()
 
     def seed(self) -> int:
         """Snapshots /proc so processes that started before the sensor have entities too."""
@@ -161,7 +164,37 @@ class ProcessTable:
             return self.on_exit(record)
         if isinstance(record, Tamper):
             return self.on_tamper(record)
+        if isinstance(record, FileActivity):
+            from .files import file_event
+
+            if record.op in ("create", "write", "rename", "link", "chmod"):
+                self.written.pop(record.path, None)
+                self.written[record.path] = record.ts_ns
+                if len(self.written) > self.keep_exited:
+                    self.written.popitem(last=False)
+            return file_event(record, self)
         return None
+
+    def actor(self, pid: int, start_ns: int | None, tid: int, comm: bytes) -> dict:
+        """The `process`, `user` and `sensor` flags of an event some process caused."""
+        proc = self.find(pid, start_ns)
+        if proc is None:  # not in the cache (started and ended between two reads): what the record says
+            entity = {"entity_id": self.host.entity_id(pid, start_ns)} if start_ns else {}
+            return {"process": {"pid": pid, **entity, "name": text(comm)[0], "thread": {"id": tid}}, "user": {}}
+        process = proc.ecs(self.host, full=False)
+        process["thread"] = {"id": tid}
+        if proc.ppid:
+            process["parent"] = {"pid": proc.ppid, **({"entity_id": proc.parent_entity_id}
+                                                      if proc.parent_entity_id else {})}
+        out = {"process": process, "user": _ids(proc.euid)}
+        flags = {}
+        if proc.escaped:
+            flags["escaped"] = proc.flagged("process", proc.escaped & {"executable", "args"})
+        if proc.truncated:
+            flags["truncated"] = proc.flagged("process", proc.truncated & {"executable", "args"})
+        if any(flags.values()):
+            out["sensor"] = {k: v for k, v in flags.items() if v}
+        return out
 
     def on_tamper(self, r: Tamper) -> dict:
         """A signal or ptrace aimed at the sensor by another process: an alert of its own."""
@@ -210,11 +243,19 @@ class ProcessTable:
             event["process"]["session_id"] = r.sessionid
         if r.cgroup_id:
             event["process"]["cgroup"] = {"id": r.cgroup_id}
+        if r.written or self._script_written(r):  # created or written since the sensor started
+            event["process"]["executable_written"] = True
         if r.blocked:  # killed by the kernel before its first instruction
             event["event"]["type"] = ["start", "denied"]
             event["event"]["outcome"] = "failure"
             event.setdefault("sensor", {})["blocked"] = True
         return event
+
+    def _script_written(self, r: ProcessExec) -> bool:
+        if not self.written or not r.filename:
+            return False
+        name = r.filename if r.filename.startswith(b"/") or r.cwd is None else r.cwd.rstrip(b"/") + b"/" + r.filename
+        return os.path.normpath(name) in self.written
 
     def on_fork(self, r: ProcessFork) -> dict:
         parent = self.find(r.pid, r.parent_start_ns)

@@ -34,6 +34,7 @@ class ProcessExec:
     cgroup_id: int = 0
     truncated: frozenset[str] = field(default_factory=frozenset)  # args, filename, executable, cwd
     blocked: bool = False  # on the block list: the kernel killed it before it ran
+    written: bool = False  # the image was created or written while the sensor ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +71,25 @@ class ProcessExit:
     start_ns: int
     exit_code: int | None  # raw wait status: (code << 8) | signal; None when unknown (polling)
     comm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FileActivity:
+    """A file operation; see bpf/sensor.h enum file_op for what path and path2 hold."""
+    ts_ns: int
+    pid: int
+    tid: int
+    start_ns: int
+    op: str  # create, write, delete, rename, chmod, chown, link, symlink, truncate, mkdir, rmdir
+    path: bytes
+    path2: bytes | None = None
+    dev: int | None = None  # kernel encoding; None when the record has no inode
+    ino: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    count: int = 0  # write: calls folded into this record
+    bytes: int = 0
+    comm: bytes = b""
+    truncated: frozenset[str] = field(default_factory=frozenset)  # path, path2
+    at_close: bool = False

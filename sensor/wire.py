@@ -8,7 +8,7 @@ TASK_COMM_LEN = 16
 ARGS_MAX = 8192
 PATH_DEPTH_MAX = 32
 
-EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER = 1, 2, 3, 4, 5
+EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER, EVENT_FILE = 1, 2, 3, 4, 5, 6
 EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit", EVENT_TAMPER: "tamper"}
 TAMPER_SIGNAL, TAMPER_PTRACE = 1, 2
 
@@ -27,6 +27,16 @@ FLAG_CWD_TRUNCATED = 1 << 3
 FLAG_THREAD = 1 << 4
 FLAG_DATA_FULL = 1 << 5
 FLAG_BLOCKED = 1 << 6
+FLAG_WRITTEN = 1 << 7
+
+FILE_PATH_MAX = 4096
+PREFIX_MAX = 256
+(FILE_CREATE, FILE_WRITE, FILE_DELETE, FILE_RENAME, FILE_CHMOD, FILE_CHOWN, FILE_LINK, FILE_SYMLINK,
+ FILE_TRUNCATE, FILE_MKDIR, FILE_RMDIR) = range(1, 12)
+FILE_PATH_TRUNCATED, FILE_PATH2_TRUNCATED, FILE_AT_CLOSE, FILE_HAS_INODE = 1, 2, 4, 8
+PREFIX_WATCH, PREFIX_EXCLUDE = 1, 2
+FC_OPEN, FC_WRITE, FC_CLOSE, FC_FD, FC_PATH = 1, 2, 3, 4, 5
+FC_NONE = 0xFF
 
 _HEADER = [
     ("ts_ns", "<u8"), ("type", "<u4"), ("size", "<u4"),
@@ -78,6 +88,17 @@ tamper_event = np.dtype(_HEADER + [
     ("comm", f"S{TASK_COMM_LEN}"),
 ])
 
+file_event = np.dtype(_HEADER + [
+    ("start_ns", "<u8"), ("dev", "<u8"), ("ino", "<u8"), ("count", "<u8"), ("bytes", "<u8"),
+    ("op", "<u4"), ("flags", "<u4"), ("mode", "<u4"), ("uid", "<u4"), ("gid", "<u4"),
+    ("path_len", "<u2"), ("path2_len", "<u2"), ("comm", f"S{TASK_COMM_LEN}"),
+])
+
+file_call = np.dtype([(name, "u1") for name in (
+    "kind", "op", "dirfd", "path", "dirfd2", "path2", "mode", "owner", "flags", "bytes", "raw2")] + [("_pad", "V5")])
+
+prefix_key = np.dtype([("prefixlen", "<u4"), ("path", f"S{PREFIX_MAX}")])
+
 # C struct name -> dtype, for the layout test and for decoders.
 STRUCTS = {
     "event_header": event_header,
@@ -89,4 +110,7 @@ STRUCTS = {
     "file_key": file_key,
     "syscall_event": syscall_event,
     "syscall_args_event": syscall_args_event,
+    "file_event": file_event,
+    "prefix_key": prefix_key,
+    "file_call": file_call,
 }

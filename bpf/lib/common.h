@@ -23,6 +23,9 @@ const volatile struct {
 	struct file_key file_key;
 	struct syscall_event syscall;
 	struct syscall_args_event syscall_args;
+	struct prefix_key prefix_key;
+	struct file_call file_call;
+	struct file_event file;
 	struct exec_event exec;
 } wire_anchor;
 

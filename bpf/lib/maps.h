@@ -23,4 +23,13 @@ struct {
 	__type(value, __u8);
 } blocked_exec SEC(".maps");
 
+/* Executables created or written since the sensor started (inode -> boot ns of the write):
+ * the file programs fill it, the exec program flags an image found in it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct file_key);
+	__type(value, __u64);
+} written SEC(".maps");
+
 #endif /* __SENSOR_MAPS_H */

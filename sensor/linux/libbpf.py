@@ -132,6 +132,7 @@ class BpfObject:
         self.path = Path(path)
         self._links: list[int] = []
         self._obj = None
+        self.loaded: list[str] = []  # the programs chosen by `programs`
         if not self.path.exists():
             raise BpfObjectMissing(f"eBPF object {self.path} not found")
         if not VMLINUX_BTF.exists():
@@ -162,7 +163,13 @@ class BpfObject:
         if programs is not None:
             for prog in self._programs():
                 name = b.bpf_program__name(prog).decode()
-                b.bpf_program__set_autoload(prog, name in programs)
+                if callable(programs):  # decides from the name and the section (attach point)
+                    wanted = programs(name, b.bpf_program__section_name(prog).decode())
+                else:
+                    wanted = name in programs
+                b.bpf_program__set_autoload(prog, wanted)
+                if wanted:
+                    self.loaded.append(name)
 
     def _set_rodata(self, values: dict):
         from .btf import Btf

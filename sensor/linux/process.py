@@ -95,7 +95,7 @@ def _decode_exec(raw: bytes) -> ProcessExec:
         executable=kernel_path(exe) if exe_len else None, cwd=kernel_path(cwd) if cwd_len else None,
         comm=_cstr(comm), loginuid=loginuid, sessionid=sessionid, cgroup_id=cgroup,
         truncated=frozenset(name for bit, name in _TRUNC if flags & bit),
-        blocked=bool(flags & wire.FLAG_BLOCKED),
+        blocked=bool(flags & wire.FLAG_BLOCKED), written=bool(flags & wire.FLAG_WRITTEN),
     )
 
 
@@ -103,6 +103,8 @@ class ProcessSource(RingSource):
     """Loads and attaches the process programs; `poll` returns decoded records."""
 
     name = "process"
+    event_types = tuple(wire.EVENT_TYPES)
+    decode = staticmethod(decode)
 
     def __init__(self, *, ring_buffer_bytes: int = 4 << 20, threads: bool = False,
                  wakeup_bytes: int | None = None, object_path: Path = OBJECT,
@@ -118,7 +120,6 @@ class ProcessSource(RingSource):
         # `sensor trace`: only processes in the `traced` map, which forks extend in the kernel
         self.only_traced, self.follow_forks = only_traced, follow_forks
         self.blocked = list(blocked)  # (kernel dev, inode) of executables killed at exec
-        self.decode_errors = 0
 
     def start(self):
         obj = BpfObject(self.object_path,
@@ -143,22 +144,15 @@ class ProcessSource(RingSource):
 
         return self._open(obj, setup, attach)
 
+    def shared_maps(self) -> dict:
+        """Maps other objects share with this one: the sensor's own pids, written files."""
+        if self._obj is None:  # not running (the psutil fallback took over): nothing to share
+            return {}
+        return {name: self._obj.map_fd(name) for name in ("ignored_tgids", "written")}
+
     def traced(self):
         """The map of traced processes (tgid -> 1) that trace mode filters on."""
         return self._obj.map("traced")
-
-    def poll(self, max_records: int = 1 << 16) -> list:
-        out = []
-        for raw in self._rb.read(max_records):
-            try:
-                rec = decode(raw)
-            except (struct.error, ValueError) as exc:
-                self.decode_errors += 1
-                log.warning("undecodable process record (%d bytes): %s", len(raw), exc)
-                continue
-            if rec is not None:
-                out.append(rec)
-        return out
 
     _lsm = None
 
@@ -190,8 +184,4 @@ class ProcessSource(RingSource):
         self._obj.map("blocked_exec").update(struct.pack("<QQ", dev, ino), b"\x01")
 
     def stats(self) -> dict:
-        lost = self._obj.map("lost") if self._obj else None
-        kernel = (sum(sum(lost.percpu_u64(t)) for t in wire.EVENT_TYPES) + self._obj.recursion_misses()
-                  if lost else 0)
-        return {"lost_kernel": kernel, "lost_user": self.decode_errors, "queue_bytes": self.queue_bytes(),
-                "enforcement": self.enforcement}
+        return {**super().stats(), "enforcement": self.enforcement}

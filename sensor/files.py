@@ -1,0 +1,79 @@
+"""File events in the schema: the one place FileActivity records (from any backend) become
+`event.dataset: file` events."""
+from __future__ import annotations
+
+import os
+import stat
+
+from .records import FileActivity
+from .schema import text
+
+# op -> (event.type, file.type when the op decides it)
+OPS = {
+    "create": (["creation"], "file"), "mkdir": (["creation"], "dir"),
+    "write": (["change"], None), "truncate": (["change"], None),
+    "chmod": (["change"], None), "chown": (["change"], None), "rename": (["change"], None),
+    "link": (["creation"], None), "symlink": (["creation"], "symlink"),
+    "delete": (["deletion"], None), "rmdir": (["deletion"], "dir"),
+}
+_TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
+
+
+def path_fields(path: bytes | str, prefix: str, escaped: list[str]) -> dict:
+    """file.path, file.name, file.directory and file.extension of one path."""
+    s, esc = text(path)
+    if esc:
+        escaped.append(prefix + ".path")
+    directory, name = s.rsplit("/", 1) if "/" in s else ("", s)
+    out = {"path": s, "name": name, "directory": directory or "/"}
+    ext = os.path.splitext(name)[1]
+    if len(ext) > 1:
+        out["extension"] = ext[1:]
+    return out
+
+
+def kernel_dev(dev: int) -> str:
+    """The kernel's dev_t encoding (major << 20 | minor) as `major:minor`."""
+    return f"{dev >> 20}:{dev & 0xFFFFF}"
+
+
+def file_event(r: FileActivity, table) -> dict:
+    types, ftype = OPS[r.op]
+    escaped: list[str] = []
+    file = path_fields(r.path, "file", escaped)
+    if r.mode is not None:
+        if ftype is None:
+            ftype = _TYPES.get(stat.S_IFMT(r.mode))
+        file["mode"] = f"{stat.S_IMODE(r.mode):04o}"
+    if ftype:
+        file["type"] = ftype
+    if r.uid is not None:
+        file["uid"] = str(r.uid)
+    if r.gid is not None:
+        file["gid"] = str(r.gid)
+    if r.ino is not None:
+        file["inode"] = str(r.ino)
+        file["device"] = kernel_dev(r.dev)
+    if r.path2 is not None:
+        if r.op == "rename":
+            file["original"] = path_fields(r.path2, "file.original", escaped)
+        else:  # link: the existing file; symlink: the target as written
+            file["target_path"], esc = text(r.path2)
+            if esc:
+                escaped.append("file.target_path")
+    if r.op == "write":
+        file["write_count"] = r.count
+        file["write_bytes"] = r.bytes
+    event = {"event": {"kind": "event", "category": ["file"], "type": types, "action": r.op,
+                       "dataset": "file", "module": "ebpf"},
+             "file": file, **table.actor(r.pid, r.start_ns, r.tid, r.comm)}
+    truncated = [f for name, f in (("path", "file.path"),
+                                   ("path2", "file.original.path" if r.op == "rename" else "file.target_path"))
+                 if name in r.truncated]
+    if escaped or truncated:
+        flags = event.setdefault("sensor", {})
+        if escaped:
+            flags["escaped"] = flags.get("escaped", []) + escaped
+        if truncated:
+            flags["truncated"] = flags.get("truncated", []) + truncated
+    return event

@@ -1,0 +1,146 @@
+"""File activity source on Linux: bpf/file.bpf.c's records, filtered by path prefix in the kernel."""
+from __future__ import annotations
+
+import os
+import posixpath
+import struct
+from pathlib import Path
+
+from .. import wire
+from ..records import FileActivity
+from .libbpf import BpfObject
+from .process import _cstr, _struct
+from .source import RingSource
+
+OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "file.bpf.o"
+_FILE = _struct(wire.file_event)
+OPS = {wire.FILE_CREATE: "create", wire.FILE_WRITE: "write", wire.FILE_DELETE: "delete",
+       wire.FILE_RENAME: "rename", wire.FILE_CHMOD: "chmod", wire.FILE_CHOWN: "chown",
+       wire.FILE_LINK: "link", wire.FILE_SYMLINK: "symlink", wire.FILE_TRUNCATE: "truncate",
+       wire.FILE_MKDIR: "mkdir", wire.FILE_RMDIR: "rmdir"}
+_NO_ID = 0xFFFFFFFF
+
+
+def prefix_key(prefix: bytes) -> bytes:
+    """The LPM trie key of a path prefix: its length in bits, then its bytes."""
+    if len(prefix) > wire.PREFIX_MAX:
+        raise ValueError(f"path prefix longer than {wire.PREFIX_MAX} bytes: {prefix[:60]!r}...")
+    return struct.pack("<I", len(prefix) * 8) + prefix.ljust(wire.PREFIX_MAX, b"\0")
+
+
+def prefix_bytes(path: str) -> bytes:
+    """A configured prefix as matched in the kernel: a directory (no trailing `*`) matches what
+    is under it, `/etc/cron*` matches names that start so."""
+    raw = os.fsencode(path)
+    if raw.endswith(b"*"):
+        return raw[:-1]
+    return raw.rstrip(b"/") + b"/"
+
+
+def _clean(path: bytes) -> bytes:
+    """Paths joined from a cwd and the caller's string: drop `.`, `..` and doubled slashes
+    lexically (the kernel did not resolve them)."""
+    out = posixpath.normpath(path)
+    return out[1:] if out.startswith(b"//") else out
+
+
+# syscall -> (kind, op, {field: argument index}); see bpf/sensor.h struct file_call
+_N = wire.FC_NONE
+CALLS = {
+    **{name: (wire.FC_OPEN, 0, {}) for name in ("open", "openat", "openat2", "creat")},
+    "write": (wire.FC_WRITE, 0, {"path": 0, "bytes": 2}), "pwrite64": (wire.FC_WRITE, 0, {"path": 0, "bytes": 2}),
+    **{name: (wire.FC_WRITE, 0, {"path": 0}) for name in ("writev", "pwritev", "pwritev2")},
+    "close": (wire.FC_CLOSE, 0, {"path": 0}),
+    "fchmod": (wire.FC_FD, wire.FILE_CHMOD, {"path": 0, "mode": 1}),
+    "fchown": (wire.FC_FD, wire.FILE_CHOWN, {"path": 0, "owner": 1}),
+    "ftruncate": (wire.FC_FD, wire.FILE_TRUNCATE, {"path": 0}),
+    "unlinkat": (wire.FC_PATH, wire.FILE_DELETE, {"dirfd": 0, "path": 1, "flags": 2}),
+    "unlink": (wire.FC_PATH, wire.FILE_DELETE, {"path": 0}),
+    "rmdir": (wire.FC_PATH, wire.FILE_RMDIR, {"path": 0}),
+    "mkdirat": (wire.FC_PATH, wire.FILE_MKDIR, {"dirfd": 0, "path": 1, "mode": 2}),
+    "mkdir": (wire.FC_PATH, wire.FILE_MKDIR, {"path": 0, "mode": 1}),
+    **{name: (wire.FC_PATH, wire.FILE_RENAME, {"dirfd": 2, "path": 3, "dirfd2": 0, "path2": 1})
+       for name in ("renameat", "renameat2")},
+    "rename": (wire.FC_PATH, wire.FILE_RENAME, {"path": 1, "path2": 0}),
+    "linkat": (wire.FC_PATH, wire.FILE_LINK, {"dirfd": 2, "path": 3, "dirfd2": 0, "path2": 1}),
+    "link": (wire.FC_PATH, wire.FILE_LINK, {"path": 1, "path2": 0}),
+    "symlinkat": (wire.FC_PATH, wire.FILE_SYMLINK, {"dirfd": 1, "path": 2, "path2": 0, "raw2": 1}),
+    "symlink": (wire.FC_PATH, wire.FILE_SYMLINK, {"path": 1, "path2": 0, "raw2": 1}),
+    **{name: (wire.FC_PATH, wire.FILE_CHMOD, {"dirfd": 0, "path": 1, "mode": 2}) for name in ("fchmodat", "fchmodat2")},
+    "chmod": (wire.FC_PATH, wire.FILE_CHMOD, {"path": 0, "mode": 1}),
+    "fchownat": (wire.FC_PATH, wire.FILE_CHOWN, {"dirfd": 0, "path": 1, "owner": 2}),
+    **{name: (wire.FC_PATH, wire.FILE_CHOWN, {"path": 0, "owner": 1}) for name in ("chown", "lchown")},
+    "truncate": (wire.FC_PATH, wire.FILE_TRUNCATE, {"path": 0}),
+}
+
+
+def call_table(numbers: dict[str, int]) -> dict[int, bytes]:
+    """file_calls entries {syscall nr: struct file_call} for the syscalls this arch has."""
+    out = {}
+    for name, (kind, op, args) in CALLS.items():
+        if name in numbers:
+            f = {"dirfd": _N, "path": _N, "dirfd2": _N, "path2": _N, "mode": _N, "owner": _N,
+                 "flags": _N, "bytes": _N, "raw2": 0, **args}
+            out[numbers[name]] = bytes([kind, op, f["dirfd"], f["path"], f["dirfd2"], f["path2"], f["mode"],
+                                        f["owner"], f["flags"], f["bytes"], f["raw2"]]).ljust(16, b"\0")
+    return out
+
+
+def decode(raw: bytes) -> FileActivity | None:
+    (ts, kind, _, pid, tid, _, _, start, dev, ino, count, nbytes, op, flags, mode, uid, gid,
+     path_len, path2_len, comm) = _FILE.unpack_from(raw)
+    if kind != wire.EVENT_FILE or op not in OPS:
+        return None
+    base = _FILE.size
+    path = _cstr(raw[base:base + path_len])
+    path2 = _cstr(raw[base + wire.FILE_PATH_MAX:base + wire.FILE_PATH_MAX + path2_len]) if path2_len else None
+    has_inode = bool(flags & wire.FILE_HAS_INODE)
+    if not has_inode:  # built from the caller's string: normalise what the kernel joined
+        path = _clean(path)
+        if path2 is not None and op != wire.FILE_SYMLINK:  # a symlink's target stays as written
+            path2 = _clean(path2)
+    truncated = frozenset(n for bit, n in ((wire.FILE_PATH_TRUNCATED, "path"),
+                                           (wire.FILE_PATH2_TRUNCATED, "path2")) if flags & bit)
+    return FileActivity(
+        ts_ns=ts, pid=pid, tid=tid, start_ns=start, op=OPS[op], path=path, path2=path2,
+        dev=dev if has_inode else None, ino=ino if has_inode else None,
+        mode=mode if (has_inode or mode) else None,
+        uid=None if uid == _NO_ID else uid, gid=None if gid == _NO_ID else gid,
+        count=count, bytes=nbytes, comm=_cstr(comm), truncated=truncated,
+        at_close=bool(flags & wire.FILE_AT_CLOSE))
+
+
+class FileSource(RingSource):
+    """Loads and attaches the file programs; `poll` returns FileActivity records."""
+
+    name = "file"
+    event_types = (wire.EVENT_FILE,)
+    decode = staticmethod(decode)
+
+    def __init__(self, paths: list[str], exclude: list[str] = (), *, ring_buffer_bytes: int = 4 << 20,
+                 write_interval: float = 1.0, shared=None):
+        self.paths, self.exclude = list(paths), list(exclude)
+        self.ring_buffer_bytes = ring_buffer_bytes
+        self.write_interval = write_interval
+        self.shared = shared  # a callable giving {map name: fd} of the process source's shared maps
+
+    def start(self):
+        from .. import syscalls
+
+        numbers = syscalls.numbers()  # SensorError on an arch without a table: the caller falls back
+        reuse = self.shared() if self.shared else {}
+        obj = BpfObject(OBJECT, rodata={"wakeup_bytes": 0, "write_interval_ns": int(self.write_interval * 1e9)},
+                        max_entries={"events": self.ring_buffer_bytes}, reuse=reuse)
+
+        def setup(o):
+            if "ignored_tgids" not in reuse:
+                o.map("ignored_tgids").update(os.getpid(), b"\x01")
+            calls = o.map("file_calls")
+            for nr, entry in call_table(numbers).items():
+                calls.update(nr, entry)
+            prefixes = o.map("prefixes")
+            for kind, items in ((wire.PREFIX_WATCH, self.paths), (wire.PREFIX_EXCLUDE, self.exclude)):
+                for p in items:
+                    prefixes.update(prefix_key(prefix_bytes(p)), bytes([kind]))
+
+        return self._open(obj, setup)
