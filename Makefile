@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 # Build: clang/llvm/libbpf-dev/bpftool; run time: libbpf1; tests: the tools they drive.
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv procps util-linux gcc libc6-dev dbus-daemon
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv procps util-linux gcc libc6-dev dbus-daemon iproute2
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/ppc64le/powerpc/' \

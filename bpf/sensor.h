@@ -29,6 +29,7 @@ enum event_type {
 	EVENT_SYSCALL = 4,
 	EVENT_TAMPER = 5,
 	EVENT_FILE = 6,
+	EVENT_NET = 7,
 };
 
 enum tamper_kind {
@@ -201,6 +202,47 @@ struct file_event {
 	__u16 path2_len; /* bytes at FILE_PATH_MAX past the path, NUL included; 0 when none */
 	char comm[TASK_COMM_LEN];
 	/* followed by the path, and by path2 at offset FILE_PATH_MAX of that data */
+};
+
+/* Network activity (net.bpf.c): TCP from sock:inet_sock_set_state, accept/bind/listen and UDP
+ * from the raw syscall tracepoints. Addresses are 16 bytes (IPv4 in the first 4), ports in host
+ * order; local is this host's end, remote the peer's. */
+#define NET_PAYLOAD_MAX 512 /* DNS messages over UDP fit (RFC 1035 without EDNS) */
+
+enum net_op {
+	NET_CONNECT = 1, /* an outbound TCP connection was established (or failed: NET_FAILED) */
+	NET_ACCEPT = 2,  /* an inbound TCP connection was accepted */
+	NET_CLOSE = 3,   /* a TCP connection ended: bytes and duration */
+	NET_UDP_SEND = 4,
+	NET_UDP_RECV = 5,
+	NET_BIND = 6,
+	NET_LISTEN = 7,
+};
+
+enum net_flags {
+	NET_FAILED = 1 << 0,      /* connect: never established */
+	NET_PAYLOAD_CUT = 1 << 1, /* the payload was longer than NET_PAYLOAD_MAX */
+	NET_INBOUND = 1 << 2,     /* close: the connection was accepted, not connected */
+};
+
+struct net_event {
+	struct event_header hdr; /* pid/tid: the owning process, as recorded at connect or accept */
+	__u64 start_ns;          /* that process's entity key */
+	__u64 duration_ns;       /* close: since connect or accept */
+	__u64 bytes_sent;        /* close: acknowledged bytes sent; UDP: this datagram's size */
+	__u64 bytes_received;
+	__u32 netns;     /* network namespace inode */
+	__u16 op;        /* enum net_op */
+	__u16 family;    /* AF_INET or AF_INET6 */
+	__u16 protocol;  /* IPPROTO_TCP or IPPROTO_UDP */
+	__u16 lport;
+	__u16 rport;
+	__u16 flags;     /* enum net_flags */
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 payload_len; /* bytes following the struct (UDP port 53 only) */
+	__u16 _pad2[3];
+	char comm[TASK_COMM_LEN];
 };
 
 /* Syscall tracing (`sensor trace`). Its ring buffer holds only syscall records, all of one size

@@ -37,14 +37,21 @@ def build_sources(cfg: Config, blocked=()) -> list:
             sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
                                          threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
                                          blocked=blocked))
+    # maps the kernel sources share with the process programs (the sensor's pids, written files)
+    shared = next((s.shared_maps for s in sources if hasattr(s, "shared_maps")), None)
     if cfg["files.enabled"] and cfg["files.backend"] != "watchdog" and sys.platform.startswith("linux"):
         from .linux.file import FileSource
 
-        process = next((s for s in sources if s.name == "process" and hasattr(s, "shared_maps")), None)
         sources.append(FileSource(_items(cfg["files.paths"]), _items(cfg["files.exclude"]) + [cfg["data_dir"]],
                                   ring_buffer_bytes=cfg["files.ring_buffer_bytes"],
                                   write_interval=cfg["files.write_interval"],
-                                  shared=process.shared_maps if process else None))
+                                  shared=shared))
+    if cfg["network.enabled"] and sys.platform.startswith("linux"):
+        from .linux.net import NetSource
+
+        sources.append(NetSource(ring_buffer_bytes=cfg["network.ring_buffer_bytes"],
+                                 flow_interval=cfg["network.flow_interval"],
+                                 shared=shared))
     if cfg["metrics.enabled"]:
         from .metrics import MetricsSource
 
@@ -226,6 +233,9 @@ class Pipeline:
             return PollingProcessSource(self.cfg["process.poll_interval"])
         if source.name == "file" and self.cfg["files.backend"] == "auto":
             log.warning("eBPF file monitoring unavailable (%s): no file events", reason)
+            return None
+        if source.name == "network":
+            log.warning("eBPF network monitoring unavailable (%s): no network events", reason)
             return None
         raise exc
 

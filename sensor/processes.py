@@ -13,7 +13,7 @@ from functools import lru_cache
 import psutil
 
 from .host import NS_PER_TICK, Host, start_ticks
-from .records import UNSET_ID, FileActivity, ProcessExec, ProcessExit, ProcessFork, Tamper
+from .records import UNSET_ID, FileActivity, NetActivity, ProcessExec, ProcessExit, ProcessFork, Tamper
 from .schema import exit_fields, rfc3339, text
 
 log = logging.getLogger("sensor.processes")
@@ -173,6 +173,10 @@ class ProcessTable:
                 if len(self.written) > self.keep_exited:
                     self.written.popitem(last=False)
             return file_event(record, self)
+        if isinstance(record, NetActivity):
+            from .network import network_event
+
+            return network_event(record, self)
         return None
 
     def actor(self, pid: int, start_ns: int | None, tid: int, comm: bytes) -> dict:

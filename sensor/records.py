@@ -93,3 +93,25 @@ class FileActivity:
     comm: bytes = b""
     truncated: frozenset[str] = field(default_factory=frozenset)  # path, path2
     at_close: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NetActivity:
+    """A connection, datagram flow, bind or listen; addresses as the kernel keeps them."""
+    ts_ns: int
+    pid: int
+    tid: int
+    start_ns: int
+    op: str  # connect, accept, close, udp-send, udp-receive, bind, listen
+    transport: str  # tcp, udp
+    local: tuple[str, int]  # (ip, port)
+    remote: tuple[str, int]
+    netns: int = 0
+    duration_ns: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    failed: bool = False
+    inbound: bool = False
+    payload: bytes = b""  # DNS messages (UDP port 53)
+    payload_cut: bool = False
+    comm: bytes = b""

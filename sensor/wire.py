@@ -8,7 +8,7 @@ TASK_COMM_LEN = 16
 ARGS_MAX = 8192
 PATH_DEPTH_MAX = 32
 
-EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER, EVENT_FILE = 1, 2, 3, 4, 5, 6
+EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER, EVENT_FILE, EVENT_NET = 1, 2, 3, 4, 5, 6, 7
 EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit", EVENT_TAMPER: "tamper"}
 TAMPER_SIGNAL, TAMPER_PTRACE = 1, 2
 
@@ -37,6 +37,10 @@ FILE_PATH_TRUNCATED, FILE_PATH2_TRUNCATED, FILE_AT_CLOSE, FILE_HAS_INODE = 1, 2,
 PREFIX_WATCH, PREFIX_EXCLUDE = 1, 2
 FC_OPEN, FC_WRITE, FC_CLOSE, FC_FD, FC_PATH = 1, 2, 3, 4, 5
 FC_NONE = 0xFF
+
+NET_PAYLOAD_MAX = 512
+NET_CONNECT, NET_ACCEPT, NET_CLOSE, NET_UDP_SEND, NET_UDP_RECV, NET_BIND, NET_LISTEN = range(1, 8)
+NET_FAILED, NET_PAYLOAD_CUT, NET_INBOUND = 1, 2, 4
 
 _HEADER = [
     ("ts_ns", "<u8"), ("type", "<u4"), ("size", "<u4"),
@@ -94,6 +98,13 @@ file_event = np.dtype(_HEADER + [
     ("path_len", "<u2"), ("path2_len", "<u2"), ("comm", f"S{TASK_COMM_LEN}"),
 ])
 
+net_event = np.dtype(_HEADER + [
+    ("start_ns", "<u8"), ("duration_ns", "<u8"), ("bytes_sent", "<u8"), ("bytes_received", "<u8"),
+    ("netns", "<u4"), ("op", "<u2"), ("family", "<u2"), ("protocol", "<u2"), ("lport", "<u2"),
+    ("rport", "<u2"), ("flags", "<u2"), ("laddr", "S16"), ("raddr", "S16"), ("payload_len", "<u2"),
+    ("_pad2", "V6"), ("comm", f"S{TASK_COMM_LEN}"),
+])
+
 file_call = np.dtype([(name, "u1") for name in (
     "kind", "op", "dirfd", "path", "dirfd2", "path2", "mode", "owner", "flags", "bytes", "raw2")] + [("_pad", "V5")])
 
@@ -113,4 +124,5 @@ STRUCTS = {
     "file_event": file_event,
     "prefix_key": prefix_key,
     "file_call": file_call,
+    "net_event": net_event,
 }

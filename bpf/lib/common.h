@@ -25,6 +25,7 @@ const volatile struct {
 	struct syscall_args_event syscall_args;
 	struct prefix_key prefix_key;
 	struct file_call file_call;
+	struct net_event net;
 	struct file_event file;
 	struct exec_event exec;
 } wire_anchor;

@@ -25,7 +25,7 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes
 def _printer(level, fmt, args):
     if level > 1:  # LIBBPF_DEBUG: relocation chatter; warnings carry the verifier log
         return 0
-    buf = ctypes.create_string_buffer(1024)
+    buf = ctypes.create_string_buffer(1 << 16)  # verifier logs come as one long string
     # va_list is passed on as the opaque pointer it is on every 64-bit ABI libbpf runs on
     _libc.vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
     _log.extend(buf.value.decode("utf-8", "replace").rstrip("\n").split("\n"))

@@ -26,7 +26,7 @@ def _struct(dtype: np.dtype) -> struct.Struct:
     fmt = "<"
     for name in dtype.names:
         sub = dtype.fields[name][0]
-        fmt += f"{sub.itemsize}s" if sub.kind == "S" else _CODES[f"u{sub.itemsize}"]
+        fmt += f"{sub.itemsize}s" if sub.kind in "SV" else _CODES[f"u{sub.itemsize}"]
     s = struct.Struct(fmt)
     assert s.size == dtype.itemsize, (s.size, dtype.itemsize)
     return s

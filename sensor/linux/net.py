@@ -1,0 +1,68 @@
+"""Network activity source on Linux: bpf/net.bpf.c's connection, datagram, bind and listen records."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from .. import syscalls, wire
+from ..records import NetActivity
+from .libbpf import BpfObject
+from .process import _cstr, _struct
+from .source import RingSource
+
+OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "net.bpf.o"
+_NET = _struct(wire.net_event)
+OPS = {wire.NET_CONNECT: "connect", wire.NET_ACCEPT: "accept", wire.NET_CLOSE: "close",
+       wire.NET_UDP_SEND: "udp-send", wire.NET_UDP_RECV: "udp-receive", wire.NET_BIND: "bind",
+       wire.NET_LISTEN: "listen"}
+_AF_INET, _AF_INET6 = 2, 10
+_TRANSPORTS = {6: "tcp", 17: "udp"}
+_CALLS = ("accept", "accept4", "bind", "listen", "sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg")
+
+
+def _ip(family: int, raw: bytes) -> str:
+    if family == _AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    addr = ipaddress.IPv6Address(raw[:16])
+    return str(addr.ipv4_mapped or addr)  # a dual-stack socket talking IPv4
+
+
+def decode(raw: bytes) -> NetActivity | None:
+    (ts, kind, _, pid, tid, _, _, start, duration, sent, received, netns, op, family, proto, lport, rport,
+     flags, laddr, raddr, payload_len, _, comm) = _NET.unpack_from(raw)
+    if kind != wire.EVENT_NET or op not in OPS or family not in (_AF_INET, _AF_INET6):
+        return None
+    return NetActivity(
+        ts_ns=ts, pid=pid, tid=tid, start_ns=start, op=OPS[op], transport=_TRANSPORTS.get(proto, str(proto)),
+        local=(_ip(family, laddr.ljust(16, b"\0")), lport), remote=(_ip(family, raddr.ljust(16, b"\0")), rport),
+        netns=netns, duration_ns=duration, bytes_sent=sent, bytes_received=received,
+        failed=bool(flags & wire.NET_FAILED), inbound=bool(flags & wire.NET_INBOUND),
+        payload=bytes(raw[_NET.size:_NET.size + payload_len]), payload_cut=bool(flags & wire.NET_PAYLOAD_CUT),
+        comm=_cstr(comm))
+
+
+class NetSource(RingSource):
+    """Loads and attaches the network programs; `poll` returns NetActivity records."""
+
+    name = "network"
+    event_types = (wire.EVENT_NET,)
+    decode = staticmethod(decode)
+
+    def __init__(self, *, ring_buffer_bytes: int = 4 << 20, flow_interval: float = 60.0, shared=None):
+        self.ring_buffer_bytes = ring_buffer_bytes
+        self.flow_interval = flow_interval
+        self.shared = shared  # a callable giving {map name: fd} of the process source's shared maps
+
+    def start(self):
+        numbers = syscalls.numbers()  # SensorError on an arch without a table: the caller falls back
+        rodata = {f"nr_{name}": numbers.get(name, 0xFFFFFFFF) for name in _CALLS}
+        rodata.update(wakeup_bytes=0, flow_interval_ns=int(self.flow_interval * 1e9))
+        reuse = {k: v for k, v in (self.shared() if self.shared else {}).items() if k == "ignored_tgids"}
+        obj = BpfObject(OBJECT, rodata=rodata, max_entries={"events": self.ring_buffer_bytes}, reuse=reuse)
+
+        def setup(o):
+            if not reuse:
+                o.map("ignored_tgids").update(os.getpid(), b"\x01")
+
+        return self._open(obj, setup)

@@ -1,0 +1,95 @@
+"""Network events in the schema: the one place NetActivity records become `event.dataset:
+network` events, and DNS payloads (parsed with scapy) `network.dns` events."""
+from __future__ import annotations
+
+import logging
+
+from .records import NetActivity
+from .schema import text
+
+log = logging.getLogger("sensor.network")
+
+# op -> (event.type, ingress?)
+OPS = {"connect": (["connection", "start"], False), "accept": (["connection", "start"], True),
+       "close": (["connection", "end"], None), "udp-send": (["connection", "info"], False),
+       "udp-receive": (["connection", "info"], True), "bind": (["info"], None), "listen": (["start"], None)}
+RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def _endpoint(addr: tuple[str, int]) -> dict:
+    ip, port = addr
+    out = {"ip": ip}
+    if port:
+        out["port"] = port
+    return out
+
+
+def network_event(r: NetActivity, table) -> dict:
+    types, ingress = OPS[r.op]
+    if ingress is None:
+        ingress = r.inbound if r.op == "close" else False
+    local, remote = _endpoint(r.local), _endpoint(r.remote)
+    network = {"transport": r.transport, "type": "ipv6" if ":" in r.local[0] else "ipv4",
+               "direction": "ingress" if ingress else "egress", "netns": r.netns}
+    event = {"event": {"kind": "event", "category": ["network"], "type": types, "action": r.op,
+                       "dataset": "network", "module": "ebpf"},
+             "network": network, **table.actor(r.pid, r.start_ns, r.tid, r.comm)}
+    if r.op in ("bind", "listen"):
+        event["source"] = local  # the address this host offers
+    else:
+        source, destination = (remote, local) if ingress else (local, remote)
+        event["source"], event["destination"] = source, destination
+        sent, received = r.bytes_sent, r.bytes_received  # this host's view
+        if sent or received:
+            network["bytes"] = sent + received
+            event["source"]["bytes"] = received if ingress else sent
+            event["destination"]["bytes"] = sent if ingress else received
+    if r.op == "connect" and r.failed:
+        event["event"]["outcome"] = "failure"
+    if r.op == "close":
+        event["event"]["duration"] = r.duration_ns
+    if r.payload:
+        dns = parse_dns(r.payload)
+        if dns is not None:
+            event["event"]["dataset"] = "network.dns"
+            event["event"]["category"] = ["network"]
+            network["protocol"] = "dns"
+            event["dns"] = dns
+        if r.payload_cut:
+            event.setdefault("sensor", {}).setdefault("truncated", []).append("dns")
+    return event
+
+
+def parse_dns(payload: bytes) -> dict | None:
+    """dns.* fields of one DNS message, or None when it is not one."""
+    from scapy.layers.dns import DNS, dnsqtypes  # slow to import: only once DNS is seen
+
+    try:
+        msg = DNS(payload)
+    except Exception as exc:  # scapy raises many kinds on garbage
+        log.debug("not a DNS message (%d bytes): %s", len(payload), exc)
+        return None
+    out: dict = {"id": str(msg.id), "type": "answer" if msg.qr else "query",
+                 "op_code": str(msg.opcode),
+                 "header_flags": [f for f, on in (("AA", msg.aa), ("TC", msg.tc), ("RD", msg.rd),
+                                                  ("RA", msg.ra)) if on]}
+    questions = list(msg.qd or [])
+    if questions:
+        q = questions[0]
+        name, escaped = text(q.qname.rstrip(b"."))
+        out["question"] = {"name": name, "type": dnsqtypes.get(q.qtype, str(q.qtype)), "class": "IN"
+                           if q.qclass == 1 else str(q.qclass)}
+    if msg.qr:
+        out["response_code"] = RCODES.get(msg.rcode, str(msg.rcode))
+        answers = []
+        for rr in list(msg.an or []):
+            data = rr.rdata
+            if isinstance(data, bytes):
+                data = text(data.rstrip(b"."))[0]
+            elif isinstance(data, list):
+                data = " ".join(text(x)[0] if isinstance(x, bytes) else str(x) for x in data)
+            answers.append({"name": text(rr.rrname.rstrip(b"."))[0], "type": dnsqtypes.get(rr.type, str(rr.type)),
+                            "ttl": rr.ttl, "data": str(data)})
+        out["answers"] = answers
+        out["resolved_ip"] = [a["data"] for a in answers if a["type"] in ("A", "AAAA")]
+    return out
