@@ -30,6 +30,7 @@ enum event_type {
 	EVENT_TAMPER = 5,
 	EVENT_FILE = 6,
 	EVENT_NET = 7,
+	EVENT_SECURITY = 8,
 };
 
 enum tamper_kind {
@@ -243,6 +244,39 @@ struct net_event {
 	__u16 payload_len; /* bytes following the struct (UDP port 53 only) */
 	__u16 _pad2[3];
 	char comm[TASK_COMM_LEN];
+};
+
+/* Security-relevant syscalls (security.bpf.c), steered by the security_calls table user space
+ * fills: one record per call that passed the kernel's filter, at exit, with its raw arguments,
+ * its return value, and up to three strings (user strings, or the path of an fd argument). */
+#define SEC_STR_MAX 512
+
+enum sec_filter {
+	SEC_ANY = 0,
+	SEC_PTRACE = 1, /* only requests that attach to or write into another process */
+	SEC_SIGNAL = 2, /* only real signals (not 0) to another process */
+	SEC_BPF = 3,    /* only commands that load or attach programs */
+};
+
+struct sec_call {
+	__u8 wanted;
+	__u8 filter;    /* enum sec_filter */
+	__u8 str[3];    /* argument indices of user strings, or FC_NONE */
+	__u8 fd_path;   /* argument index of an fd whose path goes in str[0], or FC_NONE */
+	__u8 _pad[2];
+};
+
+struct sec_event {
+	struct event_header hdr;
+	__u64 start_ns;
+	__u64 args[6];
+	__s64 ret;
+	__u32 nr;
+	__u16 str_len[3]; /* bytes in str[i], NUL included; 0 when none */
+	__u16 flags;      /* bit i: str[i] was truncated */
+	char comm[TASK_COMM_LEN];
+	char str[3][SEC_STR_MAX];
+	__u32 _pad2;
 };
 
 /* Syscall tracing (`sensor trace`). Its ring buffer holds only syscall records, all of one size

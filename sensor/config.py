@@ -39,6 +39,7 @@ OPTIONS: dict[str, tuple] = {
     "network.enabled": (bool, True, "report TCP connections, UDP flows, DNS, bind and listen (eBPF)"),
     "network.flow_interval": (float, 60.0, "seconds between two reports of one UDP flow (DNS: every message)"),
     "network.ring_buffer_bytes": ("bytes", 4 << 20, "kernel ring buffer size (power of two)"),
+    "security.enabled": (bool, True, "report ptrace, uid/gid/capability changes, module loads, bpf(), mounts, memfd_create, cross-user signals, unshare/setns (eBPF)"),
     "process.enabled": (bool, True, "trace exec, fork and exit in the kernel"),
     "process.backend": (str, "auto", "ebpf, psutil (polling: no root or BTF needed, may miss short-lived processes), or auto"),
     "process.poll_interval": (float, 1.0, "seconds between scans of the psutil backend"),

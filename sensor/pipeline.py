@@ -52,6 +52,10 @@ def build_sources(cfg: Config, blocked=()) -> list:
         sources.append(NetSource(ring_buffer_bytes=cfg["network.ring_buffer_bytes"],
                                  flow_interval=cfg["network.flow_interval"],
                                  shared=shared))
+    if cfg["security.enabled"] and sys.platform.startswith("linux"):
+        from .linux.security import SecuritySource
+
+        sources.append(SecuritySource(shared=shared))
     if cfg["metrics.enabled"]:
         from .metrics import MetricsSource
 
@@ -234,8 +238,8 @@ class Pipeline:
         if source.name == "file" and self.cfg["files.backend"] == "auto":
             log.warning("eBPF file monitoring unavailable (%s): no file events", reason)
             return None
-        if source.name == "network":
-            log.warning("eBPF network monitoring unavailable (%s): no network events", reason)
+        if source.name in ("network", "security"):
+            log.warning("eBPF %s monitoring unavailable (%s): no %s events", source.name, reason, source.name)
             return None
         raise exc
 

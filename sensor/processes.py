@@ -13,7 +13,8 @@ from functools import lru_cache
 import psutil
 
 from .host import NS_PER_TICK, Host, start_ticks
-from .records import UNSET_ID, FileActivity, NetActivity, ProcessExec, ProcessExit, ProcessFork, Tamper
+from .records import (UNSET_ID, FileActivity, NetActivity, ProcessExec, ProcessExit, ProcessFork, SecurityCall,
+                      Tamper)
 from .schema import exit_fields, rfc3339, text
 
 log = logging.getLogger("sensor.processes")
@@ -177,6 +178,10 @@ class ProcessTable:
             from .network import network_event
 
             return network_event(record, self)
+        if isinstance(record, SecurityCall):
+            from .security import security_event
+
+            return security_event(record, self)
         return None
 
     def actor(self, pid: int, start_ns: int | None, tid: int, comm: bytes) -> dict:

@@ -115,3 +115,18 @@ class NetActivity:
     payload: bytes = b""  # DNS messages (UDP port 53)
     payload_cut: bool = False
     comm: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityCall:
+    """A security-relevant syscall that returned: its raw arguments and strings."""
+    ts_ns: int
+    pid: int
+    tid: int
+    start_ns: int
+    syscall: str
+    args: tuple[int, ...]
+    ret: int
+    strings: tuple[bytes | None, bytes | None, bytes | None]
+    truncated: frozenset[int] = field(default_factory=frozenset)  # indices into strings
+    comm: bytes = b""

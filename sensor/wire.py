@@ -8,7 +8,8 @@ TASK_COMM_LEN = 16
 ARGS_MAX = 8192
 PATH_DEPTH_MAX = 32
 
-EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER, EVENT_FILE, EVENT_NET = 1, 2, 3, 4, 5, 6, 7
+(EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER, EVENT_FILE, EVENT_NET,
+ EVENT_SECURITY) = range(1, 9)
 EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit", EVENT_TAMPER: "tamper"}
 TAMPER_SIGNAL, TAMPER_PTRACE = 1, 2
 
@@ -41,6 +42,9 @@ FC_NONE = 0xFF
 NET_PAYLOAD_MAX = 512
 NET_CONNECT, NET_ACCEPT, NET_CLOSE, NET_UDP_SEND, NET_UDP_RECV, NET_BIND, NET_LISTEN = range(1, 8)
 NET_FAILED, NET_PAYLOAD_CUT, NET_INBOUND = 1, 2, 4
+
+SEC_STR_MAX = 512
+SEC_ANY, SEC_PTRACE, SEC_SIGNAL, SEC_BPF = 0, 1, 2, 3
 
 _HEADER = [
     ("ts_ns", "<u8"), ("type", "<u4"), ("size", "<u4"),
@@ -105,6 +109,14 @@ net_event = np.dtype(_HEADER + [
     ("_pad2", "V6"), ("comm", f"S{TASK_COMM_LEN}"),
 ])
 
+sec_call = np.dtype([("wanted", "u1"), ("filter", "u1"), ("str", "u1", (3,)), ("fd_path", "u1"),
+                     ("_pad", "V2")])
+
+sec_event = np.dtype(_HEADER + [
+    ("start_ns", "<u8"), ("args", "<u8", (6,)), ("ret", "<i8"), ("nr", "<u4"), ("str_len", "<u2", (3,)),
+    ("flags", "<u2"), ("comm", f"S{TASK_COMM_LEN}"), ("str", f"S{SEC_STR_MAX}", (3,)), ("_pad2", "V4"),
+])
+
 file_call = np.dtype([(name, "u1") for name in (
     "kind", "op", "dirfd", "path", "dirfd2", "path2", "mode", "owner", "flags", "bytes", "raw2")] + [("_pad", "V5")])
 
@@ -125,4 +137,6 @@ STRUCTS = {
     "prefix_key": prefix_key,
     "file_call": file_call,
     "net_event": net_event,
+    "sec_call": sec_call,
+    "sec_event": sec_event,
 }

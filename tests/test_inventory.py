@@ -185,6 +185,8 @@ def test_sensor_reports_inventory_snapshots(start_sensor):
     s = start_sensor("--no-process-enabled", "--no-metrics-enabled", "--rules", "none",
                      "--inventory-interval", "0.5")
     wait_for(lambda: s.events(event__dataset="host.processes"), timeout=20, what="the process snapshot")
+    wait_for(lambda: any(h["sensor"]["health"]["sources"]["host.processes"]["scan_ms"] > 0
+                         for h in s.events(event__dataset="sensor.health")), timeout=20, what="an interval scan")
     sensor_pid = s.pid
     assert s.stop() == 0
     snap = s.events(event__dataset="host.processes", event__action="snapshot")

@@ -48,7 +48,7 @@ def health_events(sensor):
 def test_ring_buffer_overflow_is_counted_exactly(start_sensor):
     # a 4 KiB ring holds about ten exec records; stop the reader and exec far more
     s = start_sensor("--process-ring-buffer-bytes", "4KiB", "--store-flush-interval", "0.2",
-                     "--no-files-enabled", "--no-network-enabled")  # one `lost` map: the process one
+                     "--no-files-enabled", "--no-network-enabled", "--no-security-enabled")  # one `lost` map
     os.kill(s.pid, signal.SIGSTOP)
     try:
         for _ in range(150):

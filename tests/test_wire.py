@@ -9,7 +9,7 @@ from sensor.linux.btf import Btf
 OBJECTS = sorted((Path(wire.__file__).parent / "bpf").glob("*.bpf.o"))
 
 
-@pytest.fixture(scope="module", params=[p.name for p in OBJECTS if p.name in ("process.bpf.o", "trace.bpf.o", "file.bpf.o", "net.bpf.o")])
+@pytest.fixture(scope="module", params=[p.name for p in OBJECTS if p.name in ("process.bpf.o", "trace.bpf.o", "file.bpf.o", "net.bpf.o", "security.bpf.o")])
 def btf(request):
     with Btf.from_file(Path(wire.__file__).parent / "bpf" / request.param) as b:
         yield b
@@ -48,6 +48,7 @@ OPTIONS = {
     "trace.bpf.o": {"wakeup_bytes", "filter_syscalls", "with_args", "nr_exit", "nr_exit_group"},
     "file.bpf.o": {"wakeup_bytes", "write_interval_ns"},
     "net.bpf.o": {"wakeup_bytes", "flow_interval_ns", "nr_accept", "nr_sendto", "nr_recvmsg"},
+    "security.bpf.o": {"wakeup_bytes"},
 }
 
 

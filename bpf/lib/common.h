@@ -26,6 +26,8 @@ const volatile struct {
 	struct prefix_key prefix_key;
 	struct file_call file_call;
 	struct net_event net;
+	struct sec_call sec_call;
+	struct sec_event sec;
 	struct file_event file;
 	struct exec_event exec;
 } wire_anchor;
@@ -38,7 +40,7 @@ struct {
 /* Failed reserves per event type: loss is never silent. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 8);
+	__uint(max_entries, 16);
 	__type(key, __u32);
 	__type(value, __u64);
 } lost SEC(".maps");
