@@ -26,19 +26,27 @@ _PROCESS = {"Image": "process.executable", "OriginalFileName": "process.name",
             "CommandLine": "process.command_line", "CurrentDirectory": "process.working_directory",
             "ParentImage": "process.parent.executable", "ParentCommandLine": "process.parent.command_line",
             "User": "user.name", "LogonId": "user.audit.id", "ProcessId": "process.pid",
-            "ParentProcessId": "process.parent.pid"}
+            "ParentProcessId": "process.parent.pid",
+            # this sensor's own: the image was created or written while the sensor ran
+            "ImageWritten": "process.executable_written"}
 _ACTOR = {"Image": "process.executable", "CommandLine": "process.command_line", "User": "user.name",
           "ProcessId": "process.pid"}
 FIELDS = {
     "process_creation": _PROCESS,
     "file_event": {**_ACTOR, "TargetFilename": "file.path"},
     "file_delete": {**_ACTOR, "TargetFilename": "file.path"},
-    "file_rename": {**_ACTOR, "TargetFilename": "file.path", "SourceFilename": "file.target_path"},
+    "file_rename": {**_ACTOR, "TargetFilename": "file.path", "SourceFilename": "file.original.path"},
     "network_connection": {**_ACTOR, "DestinationIp": "destination.ip", "DestinationPort": "destination.port",
                            "SourceIp": "source.ip", "SourcePort": "source.port",
                            "DestinationHostname": "destination.domain", "Protocol": "network.transport",
                            "Initiated": "network.direction"},
     "dns_query": {**_ACTOR, "QueryName": "dns.question.name"},
+    # kernel module loads (finit_module/init_module), in Sysmon's driver_load terms
+    "driver_load": {**_ACTOR, "ImageLoaded": "file.path"},
+    # ptrace of another process, in Sysmon's process_access terms (GrantedAccess: the request)
+    "process_access": {"SourceImage": "process.executable", "SourceProcessId": "process.pid",
+                       "SourceUser": "user.name", "TargetImage": "target.process.executable",
+                       "TargetProcessId": "target.process.pid", "GrantedAccess": "security.ptrace_request"},
 }
 SEVERITY = {"informational": 1, "low": 21, "medium": 47, "high": 73, "critical": 99}
 
@@ -56,8 +64,15 @@ def category_of(event: dict) -> str | None:
             return "file_rename"
         if "creation" in types or "change" in types:
             return "file_event"
-    if "network" in cats:
-        return "dns_query" if ev.get("dataset") == "network.dns" else "network_connection"
+    if ev.get("dataset") == "network.dns":
+        return "dns_query" if get(event, "dns.type") == "query" else None  # one alert per lookup
+    if "network" in cats and ev.get("action") in ("connect", "accept", "udp-send", "udp-receive"):
+        return "network_connection"
+    if ev.get("dataset") == "security":
+        if ev.get("action") in ("init_module", "finit_module"):
+            return "driver_load"
+        if ev.get("action") == "ptrace":
+            return "process_access"
     return None
 
 
@@ -354,7 +369,7 @@ def alert(rule: Rule, event: dict) -> dict:
                          "technique": [{"id": t.split(".")[0], **({"subtechnique": [{"id": t}]} if "." in t else {})}
                                        for t in techniques],
                          "tactic": [{"name": t} for t in tactics]}
-    for key in ("process", "user", "file", "source", "destination", "network", "dns"):
+    for key in ("process", "user", "file", "source", "destination", "network", "dns", "target", "security"):
         if key in event:
             out[key] = event[key]
     return out
