@@ -112,6 +112,11 @@ class Pipeline:
         self.store = Store(cfg["data_dir"], **cfg.section("store"))
         self.sinks = [self.store.write]
         self.rules = load_rules(cfg["rules"])
+        self.hasher = None
+        if cfg["files.enabled"] and cfg["files.hash"]:
+            from .filehash import ExecutableHasher
+
+            self.hasher = ExecutableHasher(cfg["files.hash_max_bytes"], cfg["files.hash_per_second"])
         self.emitted: Counter[str] = Counter()
         self.started = time.monotonic()
         self._proc = psutil.Process()
@@ -119,6 +124,8 @@ class Pipeline:
         self._closed = False
 
     def emit(self, event: dict, boot_ns: int | None = None):
+        if self.hasher is not None and "file" in event["event"].get("category", ()):
+            self.hasher.annotate(event)
         self.stamper.stamp(event, boot_ns)
         self.emitted[event["event"].get("dataset", "")] += 1
         for sink in self.sinks:
@@ -192,6 +199,7 @@ class Pipeline:
             "cpu_percent": round(100 * (cpu - cpu_then) / max(now - then, 1e-9), 2),
             "rss_bytes": self._proc.memory_info().rss,
             **({"notify": dict(self.notifier.stats)} if self.notifier is not None else {}),
+            **({"hashes": dict(self.hasher.stats)} if self.hasher is not None else {}),
         }
 
     def emit_health(self, final: bool = False) -> dict:

@@ -206,6 +206,12 @@ def test_exec_of_a_file_written_since_start_is_flagged(watched):
     flagged = {e["process"].get("filename", e["process"]["executable"]): e["process"].get("executable_written")
                for e in execs}
     assert flagged[str(binary)] is True
+    # made executable: hashed in user space, as the file is now
+    import hashlib
+    [chmod] = [e for e in file_events(watched) if e["event"]["action"] == "chmod" and e["file"]["path"] == str(binary)]
+    assert chmod["file"]["hash"]["sha256"] == hashlib.sha256(binary.read_bytes()).hexdigest()
+    assert not [e for e in file_events(watched) if e["file"]["path"] == str(binary) and
+                e["event"]["action"] == "create" and "hash" in e["file"]]  # not executable yet: not hashed
     assert flagged[str(script)] is True
     true = [e for e in execs if e["process"]["executable"] == os.path.realpath("/bin/true")]
     assert true and not any(e["process"].get("executable_written") for e in true)
