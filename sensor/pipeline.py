@@ -56,6 +56,10 @@ def build_sources(cfg: Config, blocked=()) -> list:
         from .linux.security import SecuritySource
 
         sources.append(SecuritySource(shared=shared))
+    if cfg["packets.enabled"]:
+        from .packets import PacketSource
+
+        sources.append(PacketSource(cfg["packets.interface"], cfg["packets.per_second"]))
     if cfg["metrics.enabled"]:
         from .metrics import MetricsSource
 
