@@ -240,6 +240,13 @@ static __always_inline struct sock *fd_sock(long fd)
 	return family == AF_INET || family == AF_INET6 ? sk : NULL;
 }
 
+static __always_inline bool tcp_dns(struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_protocol) == IPPROTO_TCP &&
+	       (BPF_CORE_READ(sk, __sk_common.skc_num) == DNS_PORT ||
+		BPF_CORE_READ(sk, __sk_common.skc_dport) == bpf_htons(DNS_PORT));
+}
+
 /* The peer of a sendto/recvfrom from the caller's sockaddr (unconnected UDP). */
 static __always_inline void read_sockaddr(struct net_event *e, const void *uaddr)
 {
@@ -265,8 +272,9 @@ static __always_inline void read_sockaddr(struct net_event *e, const void *uaddr
 	}
 }
 
-/* A UDP datagram of @len bytes at user @buf, to or from the peer at @uaddr (or the connected
- * peer): reported once per flow and interval, and always with its payload on port 53. */
+/* A UDP datagram (or a DNS message over TCP) of @len bytes at user @buf, to or from the peer at
+ * @uaddr (or the connected peer): reported once per flow and interval, and always with its
+ * payload on port 53. */
 static __always_inline void datagram(struct sock *sk, __u32 op, const void *uaddr, const void *buf,
 				     long len)
 {
@@ -336,10 +344,10 @@ int BPF_PROG(net_enter, struct pt_regs *regs, long id)
 	if (ignored(pid_tgid >> 32))
 		return 0;
 	if (nr != nr_accept && nr != nr_accept4 && nr != nr_bind && nr != nr_listen) {
-		/* datagrams: keep TCP's send/recv traffic off the calls map */
+		/* datagrams, and DNS over TCP: keep other TCP send/recv traffic off the calls map */
 		struct sock *sk = fd_sock((int)syscall_arg(regs, 0));
 
-		if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_UDP)
+		if (!sk || !(BPF_CORE_READ(sk, sk_protocol) == IPPROTO_UDP || tcp_dns(sk)))
 			return 0;
 	}
 	struct call c = { .nr = nr };
@@ -389,7 +397,7 @@ int BPF_PROG(net_exit, struct pt_regs *regs, long ret)
 		send_current(r, nr == nr_bind ? NET_BIND : NET_LISTEN);
 		return 0;
 	}
-	if (proto != IPPROTO_UDP)
+	if (proto != IPPROTO_UDP && !tcp_dns(sk))
 		return 0;
 	const void *name, *base;
 

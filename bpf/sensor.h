@@ -214,7 +214,7 @@ enum net_op {
 	NET_CONNECT = 1, /* an outbound TCP connection was established (or failed: NET_FAILED) */
 	NET_ACCEPT = 2,  /* an inbound TCP connection was accepted */
 	NET_CLOSE = 3,   /* a TCP connection ended: bytes and duration */
-	NET_UDP_SEND = 4,
+	NET_UDP_SEND = 4, /* a UDP datagram, or a DNS message over TCP (port 53) */
 	NET_UDP_RECV = 5,
 	NET_BIND = 6,
 	NET_LISTEN = 7,

@@ -12,7 +12,8 @@ log = logging.getLogger("sensor.network")
 # op -> (event.type, ingress?)
 OPS = {"connect": (["connection", "start"], False), "accept": (["connection", "start"], True),
        "close": (["connection", "end"], None), "udp-send": (["connection", "info"], False),
-       "udp-receive": (["connection", "info"], True), "bind": (["info"], None), "listen": (["start"], None)}
+       "udp-receive": (["connection", "info"], True), "bind": (["info"], None), "listen": (["start"], None),
+       "tcp-send": (["connection", "info"], False), "tcp-receive": (["connection", "info"], True)}
 RCODES = {0: "NOERROR", 1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
 
 
@@ -49,7 +50,7 @@ def network_event(r: NetActivity, table) -> dict:
     if r.op == "close":
         event["event"]["duration"] = r.duration_ns
     if r.payload:
-        dns = parse_dns(r.payload)
+        dns = parse_dns(_dns_message(r.payload, r.transport))
         if dns is not None:
             event["event"]["dataset"] = "network.dns"
             event["event"]["category"] = ["network"]
@@ -60,10 +61,20 @@ def network_event(r: NetActivity, table) -> dict:
     return event
 
 
+def _dns_message(payload: bytes, transport: str) -> bytes:
+    """Over TCP a message has a two-byte length first (RFC 1035 4.2.2), sent with it or, by
+    readers that take the length first, in a call of its own."""
+    if transport == "tcp" and len(payload) > 2 and int.from_bytes(payload[:2], "big") == len(payload) - 2:
+        return payload[2:]
+    return payload
+
+
 def parse_dns(payload: bytes) -> dict | None:
     """dns.* fields of one DNS message, or None when it is not one."""
     from scapy.layers.dns import DNS, dnsqtypes  # slow to import: only once DNS is seen
 
+    if len(payload) < 12:  # shorter than a DNS header
+        return None
     try:
         msg = DNS(payload)
     except Exception as exc:  # scapy raises many kinds on garbage

@@ -208,3 +208,58 @@ def test_dns_query_and_answer_are_parsed(sensor):
     assert answer[0]["dns"]["answers"][0]["ttl"] == 300
     assert query[0]["process"]["executable"] == os.path.realpath(sys.executable)
     assert sensor.stop() == 0
+
+
+DNS_TCP_CLIENT = """
+import socket, struct, sys
+from scapy.layers.dns import DNS, DNSQR
+q = bytes(DNS(id=77, rd=1, qd=DNSQR(qname=sys.argv[2], qtype="AAAA")))
+with socket.create_connection((sys.argv[1], 53)) as s:
+    s.sendall(struct.pack("!H", len(q)) + q)
+    n = struct.unpack("!H", s.recv(2))[0]
+    data = b""
+    while len(data) < n:
+        data += s.recv(n - len(data))
+print(DNS(data).an.rdata)
+"""
+
+
+def test_dns_over_tcp(sensor):
+    import struct
+
+    from scapy.layers.dns import DNS, DNSRR
+
+    import random
+
+    addr = f"127.0.78.{random.randint(2, 250)}"  # a fresh address: port 53 of the last run may wait in TIME_WAIT
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind((addr, 53))
+    server.listen(1)
+
+    def answer():
+        c, _ = server.accept()
+        n = struct.unpack("!H", c.recv(2))[0]
+        q = DNS(c.recv(n))
+        reply = bytes(DNS(id=q.id, qr=1, qd=q.qd, an=DNSRR(rrname=q.qd[0].qname, type="AAAA", rdata="fd00::7")))
+        c.sendall(struct.pack("!H", len(reply)) + reply)
+        c.close()
+
+    t = threading.Thread(target=answer)
+    t.start()
+    name = f"tcp-{uuid.uuid4().hex[:6]}.sensor.test"
+    client = subprocess.Popen([sys.executable, "-c", DNS_TCP_CLIENT, addr, name], stdout=subprocess.PIPE,
+                              text=True)
+    out, _ = client.communicate(timeout=30)
+    t.join(10)
+    server.close()
+    assert out.strip() == "fd00::7"
+    wait_for(lambda: [e for e in sensor.events(event__dataset="network.dns") if e["process"]["pid"] == client.pid
+                      and e["dns"]["type"] == "answer"], what="the DNS answer over TCP")
+    mine = [e for e in sensor.events(event__dataset="network.dns") if e["process"]["pid"] == client.pid]
+    [query] = [e for e in mine if e["dns"]["type"] == "query"]
+    [answer] = [e for e in mine if e["dns"]["type"] == "answer"]
+    assert query["dns"]["question"] == {"name": name, "type": "AAAA", "class": "IN"}
+    assert query["network"]["transport"] == "tcp" and query["event"]["action"] == "tcp-send"
+    assert answer["dns"]["resolved_ip"] == ["fd00::7"] and answer["event"]["action"] == "tcp-receive"
+    assert sensor.stop() == 0

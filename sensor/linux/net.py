@@ -33,8 +33,12 @@ def decode(raw: bytes) -> NetActivity | None:
      flags, laddr, raddr, payload_len, _, comm) = _NET.unpack_from(raw)
     if kind != wire.EVENT_NET or op not in OPS or family not in (_AF_INET, _AF_INET6):
         return None
+    transport = _TRANSPORTS.get(proto, str(proto))
+    name = OPS[op]
+    if transport == "tcp" and op in (wire.NET_UDP_SEND, wire.NET_UDP_RECV):  # DNS over TCP
+        name = "tcp-send" if op == wire.NET_UDP_SEND else "tcp-receive"
     return NetActivity(
-        ts_ns=ts, pid=pid, tid=tid, start_ns=start, op=OPS[op], transport=_TRANSPORTS.get(proto, str(proto)),
+        ts_ns=ts, pid=pid, tid=tid, start_ns=start, op=name, transport=transport,
         local=(_ip(family, laddr.ljust(16, b"\0")), lport), remote=(_ip(family, raddr.ljust(16, b"\0")), rport),
         netns=netns, duration_ns=duration, bytes_sent=sent, bytes_received=received,
         failed=bool(flags & wire.NET_FAILED), inbound=bool(flags & wire.NET_INBOUND),
