@@ -25,13 +25,14 @@ install: deps bpf venv
 test: install mounts
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-BENCH_TOOLS := strace linux-perf bpftrace libelf-dev zlib1g-dev
+BENCH_TOOLS := strace linux-perf bpftrace libelf-dev zlib1g-dev inotify-tools auditd
 
 bench: install mounts bench-tools
 	$(VPY) bench/run.py
 	$(VPY) bench/trace.py
 	$(VPY) bench/rules.py
 	$(VPY) bench/respond.py
+	$(VPY) bench/activity.py
 
 # Tools the benchmarks compare against, and the minimal C tracer (built here, never shipped).
 bench-tools: build/mintrace
