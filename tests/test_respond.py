@@ -11,6 +11,7 @@ import time
 
 import pytest
 import yaml
+from pathlib import Path
 
 from sensor.errors import ConfigError
 from sensor.respond import Responder, load
@@ -191,3 +192,24 @@ def test_enforcement_mode_follows_what_the_kernel_loads(start_sensor):
     # on our kernels LSM is refused, so this checks the fallback; the -EPERM path needs a kernel
     # that loads BPF LSM (see docs/detection.md)
     assert health["sources"]["process"]["enforcement"] == ("lsm" if lsm_loads else "send_signal")
+
+
+def test_a_five_millisecond_process_is_killed(start_sensor, tmp_path):
+    """User-space response is fast enough for a process that lives 5 ms (bench/lifetime.c)."""
+    exe = tmp_path / "lifetime"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(Path(__file__).parent.parent / "bench" / "lifetime.c")],
+                   check=True)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    rule(rules, "55555555-5555-4555-8555-555555555555", "short-lived-5ms")
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump([{"match": {"rule.id": "55555555-5555-4555-8555-555555555555"},
+                                       "action": "kill"}]))
+    s = start_sensor("--rules", str(rules), "--response-policy", str(policy), "--no-files-enabled",
+                     "--no-network-enabled", "--no-security-enabled")
+    codes = [subprocess.run([str(exe), "5", "short-lived-5ms"]).returncode for _ in range(10)]
+    assert subprocess.run([str(exe), "5", "benign"]).returncode == 0
+    s.stop()
+    assert codes.count(-9) >= 9, codes  # killed before its 5 ms were up (one late on a loaded machine)
+    kills = s.events(event__dataset="response", event__action="response-kill")
+    assert len([k for k in kills if k["event"]["outcome"] == "success"]) == codes.count(-9)
