@@ -28,6 +28,14 @@ fd = os.open(f"{tmp}/not-a-module.ko", os.O_RDONLY)
 libc.syscall(313, fd, b"answer=42", 0)                       # finit_module
 os.close(fd)
 
+libc.syscall(175, b"\0" * 64, 64, b"from=memory")             # init_module from memory: refused too
+
+# capset: the capabilities we have, set again
+hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)
+data = (ctypes.c_uint32 * 6)()
+assert libc.syscall(125, hdr, data) == 0                      # capget
+assert libc.syscall(126, hdr, data) == 0                      # capset
+
 # bpf(BPF_PROG_LOAD) with an empty attr: refused, still reported
 attr = ctypes.create_string_buffer(128)
 libc.syscall(321, 5, attr, 128)
@@ -87,6 +95,11 @@ def test_each_security_syscall_is_reported(start_sensor, tmp_path):
     assert module["file"]["path"] == f"{tmp_path}/not-a-module.ko"
     assert module["security"]["module_params"] == "answer=42"
     assert module["event"]["outcome"] == "failure" and module["event"]["category"] == ["driver"]
+
+    [from_memory] = by["init_module"]
+    assert from_memory["security"]["module_params"] == "from=memory" and "file" not in from_memory
+    [capset] = by["capset"]
+    assert capset["event"]["outcome"] == "success" and capset["event"]["type"] == ["change"]
 
     [bpf] = by["bpf"]
     assert bpf["security"]["bpf_command"] == "BPF_PROG_LOAD" and bpf["event"]["outcome"] == "failure"
