@@ -32,6 +32,15 @@ def path_fields(path: bytes | str, prefix: str, escaped: list[str]) -> dict:
     return out
 
 
+def prefix_bytes(path: str) -> bytes:
+    """A configured prefix as matched in the kernel: a directory (no trailing `*`) matches what
+    is under it, `/etc/cron*` matches names that start so."""
+    raw = os.fsencode(path)
+    if raw.endswith(b"*"):
+        return raw[:-1]
+    return raw.rstrip(b"/") + b"/"
+
+
 def kernel_dev(dev: int) -> str:
     """The kernel's dev_t encoding (major << 20 | minor) as `major:minor`."""
     return f"{dev >> 20}:{dev & 0xFFFFF}"

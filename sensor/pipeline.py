@@ -39,7 +39,9 @@ def build_sources(cfg: Config, blocked=()) -> list:
                                          blocked=blocked))
     # maps the kernel sources share with the process programs (the sensor's pids, written files)
     shared = next((s.shared_maps for s in sources if hasattr(s, "shared_maps")), None)
-    if cfg["files.enabled"] and cfg["files.backend"] != "watchdog" and sys.platform.startswith("linux"):
+    if cfg["files.enabled"] and (cfg["files.backend"] == "watchdog" or not sys.platform.startswith("linux")):
+        sources.append(_watchdog_source(cfg))
+    elif cfg["files.enabled"]:
         from .linux.file import FileSource
 
         sources.append(FileSource(_items(cfg["files.paths"]), _items(cfg["files.exclude"]) + [cfg["data_dir"]],
@@ -68,6 +70,14 @@ def build_sources(cfg: Config, blocked=()) -> list:
 
     sources += build_inventory(cfg)
     return sources
+
+
+def _watchdog_source(cfg: Config):
+    from .watch import WatchdogFileSource, default_paths
+
+    paths = _items(cfg["files.paths"]) if sys.platform.startswith("linux") else default_paths()
+    return WatchdogFileSource(paths, _items(cfg["files.exclude"]) + [cfg["data_dir"]],
+                              coalesce_seconds=cfg["files.write_interval"])
 
 
 def _items(spec: str | None) -> list[str]:
@@ -248,8 +258,9 @@ class Pipeline:
                         "blocked in the kernel", reason, self.cfg["process.poll_interval"])
             return PollingProcessSource(self.cfg["process.poll_interval"])
         if source.name == "file" and self.cfg["files.backend"] == "auto":
-            log.warning("eBPF file monitoring unavailable (%s): no file events", reason)
-            return None
+            log.warning("eBPF file monitoring unavailable (%s); falling back to watchdog: file events "
+                        "without the acting process, chmod reported as a write", reason)
+            return _watchdog_source(self.cfg)
         if source.name in ("network", "security"):
             log.warning("eBPF %s monitoring unavailable (%s): no %s events", source.name, reason, source.name)
             return None

@@ -7,6 +7,7 @@ import struct
 from pathlib import Path
 
 from .. import wire
+from ..files import prefix_bytes
 from ..records import FileActivity
 from .libbpf import BpfObject
 from .process import _cstr, _struct
@@ -26,15 +27,6 @@ def prefix_key(prefix: bytes) -> bytes:
     if len(prefix) > wire.PREFIX_MAX:
         raise ValueError(f"path prefix longer than {wire.PREFIX_MAX} bytes: {prefix[:60]!r}...")
     return struct.pack("<I", len(prefix) * 8) + prefix.ljust(wire.PREFIX_MAX, b"\0")
-
-
-def prefix_bytes(path: str) -> bytes:
-    """A configured prefix as matched in the kernel: a directory (no trailing `*`) matches what
-    is under it, `/etc/cron*` matches names that start so."""
-    raw = os.fsencode(path)
-    if raw.endswith(b"*"):
-        return raw[:-1]
-    return raw.rstrip(b"/") + b"/"
 
 
 def _clean(path: bytes) -> bytes:
