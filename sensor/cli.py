@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--since", metavar="TIME",
                     help="RFC 3339 time, Unix seconds, or an age like 30s, 10m, 2h, 1d")
 
+    xp = sub.add_parser("export", help="convert stored events (e.g. into the original per-collector CSVs)")
+    xp.add_argument("--data-dir", default=config.OPTIONS["data_dir"][1])
+    xp.add_argument("--format", choices=["csv"], default="csv")
+    xp.add_argument("-o", "--out", required=True, metavar="DIR")
+
     doc = sub.add_parser("doctor", help="check what this kernel and machine allow")
     doc.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             from . import dataset  # pyarrow: only for the commands that need it
 
             return dataset.run(args)
-        return {"run": cmd_run, "events": cmd_events, "doctor": cmd_doctor,
+        return {"run": cmd_run, "events": cmd_events, "export": cmd_export, "doctor": cmd_doctor,
                 "trace": cmd_trace, "rules": cmd_rules, "quarantine": cmd_quarantine}[args.command](args)
     except SensorError as exc:
         print(f"sensor: error: {exc}", file=sys.stderr)
@@ -195,6 +200,22 @@ def cmd_events(args) -> int:
     except BrokenPipeError:
         pass
     return 0
+
+
+def cmd_export(args) -> int:
+    from .csvsink import CsvSink
+    from .store import read_events
+
+    sink = CsvSink(args.out, segment_seconds=float("inf"))
+    n = 0
+    for event in read_events(args.data_dir):
+        sink.write(event)
+        n += 1
+        if n % 50_000 == 0:
+            sink.flush()
+    sink.close()
+    print(f"sensor export: {n:,} events read, {sink.written:,} CSV rows in {args.out}", file=sys.stderr)
+    return 0 if not sink.errors else 1
 
 
 def cmd_trace(args) -> int:

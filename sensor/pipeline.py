@@ -125,6 +125,15 @@ class Pipeline:
             self.notifier = load_notifiers(cfg["notifiers"])
         self.store = Store(cfg["data_dir"], **cfg.section("store"))
         self.sinks = [self.store.write]
+        self.csv = None
+        unknown = set(_items(cfg["sink"])) - {"store", "csv"}
+        if unknown:
+            raise ConfigError(f"sink: unknown {', '.join(sorted(unknown))} (use store, csv)")
+        if "csv" in _items(cfg["sink"]):
+            from .csvsink import CsvSink
+
+            self.csv = CsvSink(Path(cfg["data_dir"]) / "csv", **cfg.section("csv"))
+            self.sinks.append(self.csv.write)
         self.rules = load_rules(cfg["rules"])
         self.hasher = None
         if cfg["files.enabled"] and cfg["files.hash"]:
@@ -281,6 +290,8 @@ class Pipeline:
                 ep.poll(cfg["poll_interval"])
                 self._drain()
                 self.store.tick()
+                if self.csv is not None:
+                    self.csv.tick()
                 now = time.monotonic()
                 if now >= next_health:
                     self.host.sync_clock()
@@ -306,6 +317,8 @@ class Pipeline:
             self.notifier.close()
         self.store.flush()  # so the final health counts every event before it as written
         self.emit_health(final=True)
+        if self.csv is not None:
+            self.csv.close()
         for s in self.sources:
             s.close()
         self.store.close()

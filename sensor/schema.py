@@ -93,7 +93,8 @@ class Stamper:
         ev["id"] = f"{self._boot}-{seq:x}"
         ev.setdefault("kind", "event")
         event["@timestamp"] = rfc3339(unix_ns)
-        event["host"] = self.host.ecs
+        # the host's identity, beside what a source put under host (host.metrics)
+        event["host"] = {**event["host"], **self.host.ecs} if "host" in event else self.host.ecs
         event["agent"] = self._agent
         event["ecs"] = {"version": ECS_VERSION}
         event.setdefault("sensor", {})["schema"] = SCHEMA_VERSION

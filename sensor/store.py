@@ -35,6 +35,31 @@ def segments(data_dir) -> list[Path]:
     return [d / n for n in sorted(names, key=lambda n: (_stem(n), not n.endswith(".zst")))]
 
 
+def compress(path: Path) -> Path:
+    """PATH -> PATH.zst (root-only), durable before the plain file goes; OSError leaves the plain
+    file as it was."""
+    target = path.with_name(path.name + ".zst")
+    tmp = path.with_name(path.name + ".zst.tmp")
+    try:
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(fd, "wb") as out, open(path, "rb") as src:
+            zstandard.ZstdCompressor(level=3).copy_stream(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.rename(tmp, target)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)  # the .zst's name is durable before the plain copy goes
+        finally:
+            os.close(dfd)
+        path.unlink()
+        return target
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def _stem(name: str) -> str:
     return name.split(".jsonl", 1)[0]
 
@@ -242,25 +267,10 @@ class Store:
             self._error(exc, "rotate", path, "retried at the next rotation")
 
     def _compress(self, path: Path) -> bool:
-        target = path.with_name(path.name + ".zst")
-        tmp = path.with_name(path.name + ".zst.tmp")
         try:
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with open(fd, "wb") as out, open(path, "rb") as src:
-                zstandard.ZstdCompressor(level=3).copy_stream(src, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.rename(tmp, target)
-            dfd = os.open(self.events_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dfd)  # the .zst's name is durable before the plain copy goes
-            finally:
-                os.close(dfd)
-            path.unlink()
+            compress(path)
             return True
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             self._error(exc, "compress", path, "the plain segment is kept and retried at the next rotation")
             return False
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 import threading
 
+import psutil
+
 from sensor.metrics import MetricsSource
 from conftest import ROOT
 
@@ -65,6 +67,9 @@ def test_sensor_emits_samples_at_its_interval(tmp_path):
 
     events = list(read_events(tmp_path))
     samples = [e for e in events if e["event"]["dataset"] == "host.metrics"]
+    # stored with the sample itself beside the host's identity
+    assert all(e["host"]["metrics"]["memory"]["total"] == psutil.virtual_memory().total and e["host"]["name"]
+               for e in samples)
     assert 3 <= len(samples) <= 6
     final = [e for e in events if e["event"]["dataset"] == "sensor.health"][-1]["sensor"]["health"]
     assert final["sources"]["host.metrics"]["emitted"] == len(samples)
