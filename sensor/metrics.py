@@ -1,12 +1,15 @@
 """Host resources (psutil) as `host.metrics` events: CPU, memory, swap, disks, network, sensors."""
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import psutil
 
 from .timersource import TimerSource
+
+log = logging.getLogger("sensor.metrics")
 
 
 def _asdict(nt) -> dict:
@@ -30,6 +33,7 @@ class MetricsSource(TimerSource):
         self._last: dict = {}
         self._last_t = 0.0
         self.gpu_reason = _gpu_reason()
+        self._nvml = None if self.gpu_reason else _nvml()
 
     def start(self):
         psutil.cpu_percent(percpu=True)  # the first call only sets the baseline
@@ -80,7 +84,10 @@ class MetricsSource(TimerSource):
         sensors = _sensors()
         if sensors:
             host["sensors"] = sensors
-        host["gpu"] = {"available": False, "reason": self.gpu_reason}
+        if self._nvml is not None:
+            host["gpu"] = {"available": True, "devices": _gpu_sample(self._nvml)}
+        else:
+            host["gpu"] = {"available": False, "reason": self.gpu_reason}
         self._last, self._last_t = counters, now
         return {"event": {"kind": "metric", "category": ["host"], "type": ["info"], "action": "sample",
                           "dataset": "host.metrics", "module": "psutil"},
@@ -104,11 +111,48 @@ def _sensors() -> dict:
 
 
 def _gpu_reason() -> str:
-    """NVML is how NVIDIA GPUs are read; say why there are no GPU figures."""
-    if not os.path.exists("/dev/nvidiactl"):
+    """Why there are no GPU figures; empty when NVML (how NVIDIA GPUs are read) can be used."""
+    if not os.path.exists("/dev/nvidiactl") and os.name != "nt":
         return "no NVIDIA GPU on this host (/dev/nvidiactl absent)"
     try:
-        import pynvml  # noqa: F401
+        import pynvml  # noqa: F401  (package nvidia-ml-py)
     except ImportError:
-        return "NVIDIA GPU present but the NVML binding (pynvml) is not installed"
-    return "GPU metrics are not sampled yet"
+        return "NVIDIA GPU present but the NVML binding is not installed (pip install nvidia-ml-py)"
+    return ""
+
+
+def _nvml():
+    import pynvml
+
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        log.warning("NVML did not start (%s): no GPU figures", exc)
+        return None
+    return pynvml
+
+
+def _gpu_sample(nvml) -> list[dict]:
+    """Utilisation, memory, temperature and power of each GPU; a field the device does not report
+    is left out. Not exercised here: no NVIDIA GPU on our machines."""
+    out = []
+    for i in range(nvml.nvmlDeviceGetCount()):
+        h = nvml.nvmlDeviceGetHandleByIndex(i)
+        d: dict = {"index": i}
+        for key, read in (("name", lambda: nvml.nvmlDeviceGetName(h)),
+                          ("utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(h)),
+                          ("memory", lambda: nvml.nvmlDeviceGetMemoryInfo(h)),
+                          ("temperature_c", lambda: nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU)),
+                          ("power_w", lambda: nvml.nvmlDeviceGetPowerUsage(h) / 1000)):
+            try:
+                v = read()
+            except nvml.NVMLError:
+                continue
+            if key == "utilization":
+                d["utilization"] = {"gpu_pct": v.gpu, "memory_pct": v.memory}
+            elif key == "memory":
+                d["memory"] = {"total": v.total, "used": v.used, "free": v.free}
+            else:
+                d[key] = v.decode() if isinstance(v, bytes) else v
+        out.append(d)
+    return out
