@@ -64,6 +64,7 @@ OPTIONS: dict[str, tuple] = {
     "services.init_dir": (str, "/etc/init.d", "sysv: the init scripts' directory"),
     "logins.enabled": (bool, True, "report sessions, logins, failed logins and sudo use"),
     "logins.auth_log": (str, "/var/log/auth.log", "syslog auth file followed where journald does not run"),
+    "logins.wtmp": (str, "/var/log/wtmp", "session log followed for logins and logouts (utmp is compared between looks where it is absent)"),
 }
 CHOICES = {"console": ("auto", "on", "off"), "log_level": ("debug", "info", "warning", "error"),
            "process.backend": ("auto", "ebpf", "psutil"), "files.backend": ("auto", "ebpf", "watchdog")}

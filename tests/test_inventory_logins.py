@@ -215,3 +215,26 @@ def test_windows_event_xml_parses_to_the_recorded_shape():
     assert rec["EventData"]["TargetUserName"] == "Administrator" and rec["EventData"]["SubStatus"] == "0xc000006a"
     recorded = next(r for r in json.loads((DATA / "windows_events.json").read_text()) if r["EventRecordID"] == 229977)
     assert rec == recorded
+
+
+def test_a_session_shorter_than_a_look_is_seen_in_wtmp(tmp_path):
+    """wtmp keeps what utmp forgets: a login and its logout between two polls, written in the real
+    format by util-linux's utmpdump and appended as login(1) and sshd append them."""
+    wtmp = tmp_path / "wtmp"
+    wtmp.write_bytes(b"")
+    src = LoginInventory(interval=3600, feed=FileFollower("/nonexistent"), wtmp=str(wtmp)).start()
+    src.poll()  # the utmp snapshot, whatever this host has
+    when = time.strftime("%Y-%m-%dT%H:%M:%S,000000+00:00", time.gmtime())
+    records = tmp_path / "records"
+    write_utmp(records, UTMP.format(pid=4242, when=when) +
+               UTMP.format(pid=4242, when=when).replace("[7]", "[8]", 1).replace("alice   ", "        "))
+    with open(wtmp, "ab") as f:
+        f.write(records.read_bytes())
+    login, logout = src.poll()
+    assert login["event"]["action"] == "login" and logout["event"]["action"] == "logout"
+    assert login["user"] == {"name": "alice"} and login["source"] == {"ip": "203.0.113.7"}
+    assert logout["user"] == {"name": "alice"}  # DEAD_PROCESS has no user: taken from its login
+    assert login["session"]["terminal"] == logout["session"]["terminal"] == "pts/9"
+    assert abs(parse_time(login["session"]["start"]) - time.time_ns()) < 5e9
+    assert src.poll() == []  # nothing read twice
+    assert src.stats()["sessions_from"] == "wtmp"

@@ -18,5 +18,5 @@ def build(cfg) -> list:
     if cfg["services.enabled"]:
         sources.append(ServiceInventory(interval, cfg["services.backend"], cfg["services.init_dir"]))
     if cfg["logins.enabled"]:
-        sources.append(LoginInventory(interval, cfg["logins.auth_log"]))
+        sources.append(LoginInventory(interval, cfg["logins.auth_log"], wtmp=cfg["logins.wtmp"]))
     return sources

@@ -63,8 +63,16 @@ def open_feed(auth_log: str):
 class LoginInventory(TimerSource):
     name = "host.logins"
 
-    def __init__(self, interval: float = 5.0, auth_log: str = "/var/log/auth.log", feed=None):
+    def __init__(self, interval: float = 5.0, auth_log: str = "/var/log/auth.log", feed=None,
+                 wtmp: str | None = None):
         self.interval = interval
+        # with wtmp, logins and logouts come from its records (none missed between two looks);
+        # without, from the difference between two looks at utmp
+        self.wtmp = None
+        if wtmp and os.path.exists(wtmp):
+            from .wtmp import WtmpFollower
+
+            self.wtmp = WtmpFollower(wtmp)
         self.auth_log = auth_log
         self.feed = feed
         self.sessions: dict[tuple, object] = {}
@@ -74,6 +82,8 @@ class LoginInventory(TimerSource):
     def start(self):
         self.sessions = {session_key(u): u for u in psutil.users()}
         self._pending = [session_event("snapshot", u) for u in self.sessions.values()]
+        if self.wtmp is not None:
+            self.wtmp.start()
         if self.feed is None:
             self.feed = open_feed(self.auth_log)
         self._timer = Interval(self.interval)
@@ -84,13 +94,16 @@ class LoginInventory(TimerSource):
 
     def stats(self) -> dict:
         return {**super().stats(), "sessions": len(self.sessions),
-                "feed": type(self.feed).__name__ if self.feed is not None else None}
+                "feed": type(self.feed).__name__ if self.feed is not None else None,
+                "sessions_from": "wtmp" if self.wtmp is not None else "utmp"}
 
     def poll(self) -> list[dict]:
         out, self._pending = self._pending, []
         if self.feed is not None:
             out += self._auth()
-        if self._timer is not None and self._timer.due():
+        if self.wtmp is not None:
+            out += [session_event(action, s) for action, s in self.wtmp.sessions()]
+        elif self._timer is not None and self._timer.due():
             now = {session_key(u): u for u in psutil.users()}
             out += [session_event("login", now[k]) for k in now.keys() - self.sessions.keys()]
             out += [session_event("logout", self.sessions[k]) for k in self.sessions.keys() - now.keys()]
