@@ -25,6 +25,10 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="trace the host and store events")
     run.add_argument("--config", metavar="FILE", help=f"YAML config (default: {config.DEFAULT_PATH} when present)")
+    run.add_argument("--backend", choices=("auto", "ebpf", "psutil"),
+                     help="every source at once: psutil runs no eBPF at all (process polling, watchdog "
+                          "for files, no network or security events); auto falls back to it where eBPF "
+                          "cannot load (default: each source's own backend option)")
     config.add_flags(run)
 
     ev = sub.add_parser("events", help="print stored events as JSON lines, in order")
@@ -112,6 +116,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_run(args) -> int:
     cfg = config.resolve(args)
+    if args.backend:
+        cfg["process.backend"] = args.backend
+        cfg["files.backend"] = "watchdog" if args.backend == "psutil" else args.backend
+        if args.backend == "psutil":
+            cfg["network.enabled"] = cfg["security.enabled"] = False
     logging.basicConfig(level=cfg["log_level"].upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from .pipeline import Pipeline
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import pytest
 from sensor import config
 from sensor.errors import ConfigError
 from sensor.schema import parse_time
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 
 def sensor(*args, **kw):
@@ -127,3 +128,23 @@ def test_unusable_data_dir_is_one_clear_line(tmp_path):
     r = sensor("run", "--data-dir", str(blocker / "data"), "--console", "off", "--duration", "1")
     assert r.returncode == 2
     assert r.stderr.startswith("sensor: error: cannot use data dir") and "Traceback" not in r.stderr
+
+
+def test_backend_psutil_loads_no_ebpf(start_sensor, tmp_path):
+    """`--backend psutil`: the portable backends only, as on a host where eBPF cannot load."""
+    s = start_sensor("--backend", "psutil", "--files-paths", str(tmp_path), "--process-poll-interval", "0.2",
+                     "--rules", "none")
+    progs = [l for fd in os.listdir(f"/proc/{s.pid}/fdinfo")
+             for l in open(f"/proc/{s.pid}/fdinfo/{fd}") if l.startswith("prog_type")]
+    assert progs == []  # not one eBPF program loaded
+    sleeper = subprocess.Popen(["sleep", "1.5"])
+    (tmp_path / "made.txt").write_text("x")
+    sleeper.wait()
+    wait_for(lambda: s.events(event__dataset="file") and [e for e in s.events(event__dataset="process")
+                                                            if e["process"]["pid"] == sleeper.pid],
+             what="polled process and watchdog file events")
+    assert s.stop() == 0
+    health = s.events(event__dataset="sensor.health")[-1]["sensor"]["health"]["sources"]
+    assert "network" not in health and "security" not in health
+    assert {e["event"]["module"] for e in s.events(event__dataset="process")} == {"psutil"}
+    assert {e["event"]["module"] for e in s.events(event__dataset="file")} == {"watchdog"}
