@@ -232,7 +232,7 @@ static __always_inline void send(struct file_record *r, struct task_struct *task
 	__u64 size = record_size(&r->ev);
 
 	fill_header(&r->ev.hdr, EVENT_FILE, size, task);
-	if (bpf_ringbuf_output(&events, r, size, submit_flags()))
+	if (output_retry(&events, r, size, submit_flags()))
 		count_lost(EVENT_FILE);
 }
 

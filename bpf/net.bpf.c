@@ -135,7 +135,7 @@ static __always_inline void send(struct net_record *r, __u32 op, __u32 pid, __u3
 	r->ev.hdr.pid = pid;
 	r->ev.hdr.tid = tid;
 	r->ev.hdr.cpu = bpf_get_smp_processor_id();
-	if (bpf_ringbuf_output(&events, r, size, submit_flags()))
+	if (output_retry(&events, r, size, submit_flags()))
 		count_lost(EVENT_NET);
 }
 

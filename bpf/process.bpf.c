@@ -129,7 +129,7 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 	if (size > sizeof(*e) + EXEC_DATA_MAX)
 		size = sizeof(*e) + EXEC_DATA_MAX;
 	fill_header(&e->hdr, EVENT_EXEC, size, p);
-	if (bpf_ringbuf_output(&events, e, size, submit_flags()))
+	if (output_retry(&events, e, size, submit_flags()))
 		count_lost(EVENT_EXEC);
 	return 0;
 }
@@ -154,7 +154,7 @@ int BPF_PROG(handle_fork, struct task_struct *parent, struct task_struct *child)
 		return 0;
 	if (ignored(BPF_CORE_READ(parent, tgid)))
 		return 0;
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = reserve_retry(&events, sizeof(*e));
 	if (!e) {
 		count_lost(EVENT_FORK);
 		return 0;
@@ -189,7 +189,7 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 		/* the pid may be reused by a process we were never asked to trace */
 		bpf_map_delete_elem(&traced, &tgid);
 	}
-	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	e = reserve_retry(&events, sizeof(*e));
 	if (!e) {
 		count_lost(EVENT_EXIT);
 		return 0;
@@ -207,7 +207,7 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 static __always_inline void report_tamper(__u32 target, __u32 kind, __u32 sig, __u32 request)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct tamper_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct tamper_event *e = reserve_retry(&events, sizeof(*e));
 
 	if (!e) {
 		count_lost(EVENT_TAMPER);

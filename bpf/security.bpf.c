@@ -153,7 +153,7 @@ int BPF_PROG(security_exit, struct pt_regs *regs, long ret)
 	if (!e)
 		return 0;
 	e->ret = ret;
-	if (bpf_ringbuf_output(&events, e, sizeof(*e), submit_flags()))
+	if (output_retry(&events, e, sizeof(*e), submit_flags()))
 		count_lost(EVENT_SECURITY);
 	bpf_map_delete_elem(&sec_pending, &tid);
 	return 0;

@@ -71,11 +71,11 @@ static __always_inline void emit(struct inflight *in, long ret, __u64 now)
 	sc->ret = ret;
 	sc->duration_ns = now - sc->enter_ns;
 	if (with_args) {
-		if (bpf_ringbuf_output(&events, &in->rec, sizeof(in->rec), submit_flags()))
+		if (output_retry(&events, &in->rec, sizeof(in->rec), submit_flags()))
 			count_lost(EVENT_SYSCALL);
 		return;
 	}
-	struct syscall_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	struct syscall_event *e = reserve_retry(&events, sizeof(*e));
 	if (!e) {
 		count_lost(EVENT_SYSCALL);
 		return;

@@ -22,6 +22,9 @@ from .records import ProcessExec, ProcessFork
 from .schema import Stamper, exit_fields, rfc3339, text
 from .tracefile import Comms, TraceWriter
 
+# after a batch smaller than this, wait this long before reading again
+LINGER_RECORDS, LINGER_SECONDS = 1 << 14, 0.01
+
 
 @dataclass
 class TraceOptions:
@@ -145,6 +148,7 @@ class TraceSession:
                 return
 
     def _drain_syscalls(self) -> int:
+        """Reads what the ring holds; returns how many records."""
         n = 0
         while True:
             batch = self.syscalls.poll()
@@ -182,7 +186,10 @@ class TraceSession:
             while not stop.is_set():
                 ep.poll(0.05)
                 self._drain_processes()
-                self._drain_syscalls()
+                if self._drain_syscalls() < LINGER_RECORDS:
+                    # the ring reads as ready with a single record in it: after a small batch let
+                    # more gather, so each read is a big one (fewer calls, less contention)
+                    time.sleep(LINGER_SECONDS)
                 self._reap()
                 now = time.monotonic()
                 if deadline and now >= deadline:
