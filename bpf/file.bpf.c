@@ -13,6 +13,7 @@
 #include <bpf/bpf_core_read.h>
 #include "sensor.h"
 #include "lib/common.h"
+#include "lib/fd.h"
 #include "lib/path.h"
 #include "lib/syscall.h"
 
@@ -104,18 +105,6 @@ static __always_inline struct file_scratch *scratch(void)
 	return bpf_map_lookup_elem(&file_scratch, &zero);
 }
 
-static __always_inline struct file *fd_file(struct task_struct *task, long fd)
-{
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = NULL;
-
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	return f;
-}
-
 static __always_inline bool watched(struct file_scratch *s, const char *path)
 {
 	__u8 *kind;
@@ -158,7 +147,7 @@ static __always_inline __u32 user_path(struct file_scratch *s, struct task_struc
 		if (dirfd == AT_FDCWD) {
 			base = BPF_CORE_READ(task, fs, pwd);
 		} else {
-			struct file *f = fd_file(task, dirfd);
+			struct file *f = fd_file(dirfd);
 
 			if (!f)
 				return 0;
@@ -264,7 +253,7 @@ static __always_inline int opened(long fd, bool announce)
 
 	if (fd < 0 || ignored(tgid))
 		return 0;
-	f = fd_file(task, fd);
+	f = fd_file(fd);
 	if (!f)
 		return 0;
 	__u32 fmode = BPF_CORE_READ(f, f_mode);
@@ -297,7 +286,7 @@ static __always_inline int wrote(long fd, __u64 bytes)
 	struct write_state *st;
 	struct file *f;
 
-	f = fd_file(task, fd);
+	f = fd_file(fd);
 	if (!f)
 		return 0;
 	key.file = (__u64)f;
@@ -350,7 +339,7 @@ static __always_inline int closed(long fd)
 	struct write_key key = { .tgid = bpf_get_current_pid_tgid() >> 32 };
 	struct write_state *st;
 	struct file_scratch *s;
-	struct file *f = fd_file(task, fd);
+	struct file *f = fd_file(fd);
 
 	if (!f)
 		return 0;
@@ -383,7 +372,7 @@ static __always_inline int fd_call(long fd, __u32 op, __u32 mode, __u32 uid, __u
 	struct file_scratch *s;
 	struct file *f;
 
-	f = fd_file(task, fd);
+	f = fd_file(fd);
 	s = scratch();
 	if (!f || !s)
 		return 0;

@@ -14,6 +14,7 @@
 #include <bpf/bpf_endian.h>
 #include "sensor.h"
 #include "lib/common.h"
+#include "lib/fd.h"
 #include "lib/syscall.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -223,14 +224,8 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 
 static __always_inline struct sock *fd_sock(long fd)
 {
-	struct task_struct *task = (void *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	struct file *f = NULL;
+	struct file *f = fd_file(fd);
 
-	if (fd < 0 || fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
 		return NULL;
 	struct socket *sock = BPF_CORE_READ(f, private_data);

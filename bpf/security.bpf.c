@@ -11,6 +11,7 @@
 #include <bpf/bpf_core_read.h>
 #include "sensor.h"
 #include "lib/common.h"
+#include "lib/fd.h"
 #include "lib/path.h"
 #include "lib/syscall.h"
 
@@ -112,14 +113,8 @@ int BPF_PROG(security_enter, struct pt_regs *regs, long id)
 		}
 	}
 	if (c->fd_path <= 5) {
-		struct task_struct *task = (void *)bpf_get_current_task();
-		struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-		struct file **fds = BPF_CORE_READ(fdt, fd);
-		int fd = (int)e->args[c->fd_path];
-		struct file *f = NULL;
+		struct file *f = fd_file((int)e->args[c->fd_path]);
 
-		if (fd >= 0 && fd < BPF_CORE_READ(fdt, max_fds))
-			bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 		if (f) {
 			struct path p = BPF_CORE_READ(f, f_path);
 			bool truncated;

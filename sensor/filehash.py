@@ -2,8 +2,8 @@
 import hashlib
 import os
 import stat
-import time
 
+from .ratelimit import TokenBucket
 from .schema import unescape
 
 
@@ -23,7 +23,7 @@ class ExecutableHasher:
 
     def __init__(self, max_bytes: int = 32 << 20, per_second: float = 20.0):
         self.max_bytes, self.per_second = max_bytes, per_second
-        self._tokens, self._last = per_second, time.monotonic()
+        self._bucket = TokenBucket(per_second)
         self._seen: dict[tuple, str] = {}  # (dev, ino, size, mtime_ns) -> hash: unchanged files are not read again
         self.stats = {"hashed": 0, "too_large": 0, "rate_limited": 0, "unreadable": 0}
 
@@ -47,7 +47,7 @@ class ExecutableHasher:
                 if st.st_size > self.max_bytes:
                     self.stats["too_large"] += 1
                     return
-                if not self._take():
+                if not self._bucket.take():
                     self.stats["rate_limited"] += 1
                     return
                 h = hashlib.sha256()
@@ -60,12 +60,3 @@ class ExecutableHasher:
             f.setdefault("hash", {})["sha256"] = digest
         finally:
             os.close(fd)
-
-    def _take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.per_second, self._tokens + (now - self._last) * self.per_second)
-        self._last = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True

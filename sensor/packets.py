@@ -7,9 +7,9 @@ import ctypes
 import logging
 import socket
 import struct
-import time
 
 from .errors import SensorError
+from .ratelimit import TokenBucket
 
 log = logging.getLogger("sensor.packets")
 
@@ -128,7 +128,7 @@ class PacketSource:
         self.interface, self.per_second = interface, per_second
         self.sock: socket.socket | None = None
         self.rate_limited = self.kernel_drops = 0
-        self._tokens, self._last = per_second, time.monotonic()
+        self._bucket = TokenBucket(per_second)
 
     def start(self):
         try:
@@ -159,7 +159,7 @@ class PacketSource:
                 break
             if addr[0] == "lo" and addr[2] == socket.PACKET_OUTGOING:
                 continue  # loopback shows every packet twice, going out and coming in
-            if not self._take():
+            if not self._bucket.take():
                 self.rate_limited += 1
                 continue
             try:
@@ -174,15 +174,6 @@ class PacketSource:
             event["observer"] = {"ingress": {"interface": {"name": addr[0]}}}
             out.append(event)
         return out
-
-    def _take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.per_second, self._tokens + (now - self._last) * self.per_second)
-        self._last = now
-        if self._tokens < 1:
-            return False
-        self._tokens -= 1
-        return True
 
     def stats(self) -> dict:
         if self.sock is not None:
