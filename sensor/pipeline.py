@@ -282,7 +282,7 @@ class Pipeline:
         for s in self.sources:
             if s.fileno() is not None:  # timer-driven sources are polled every loop
                 ep.register(s.fileno(), select.EPOLLIN)
-        deadline = self.started + duration if duration else None
+        deadline = time.monotonic() + duration if duration else None  # from when events flow, not from start-up
         interval = cfg["health_interval"]
         next_health = time.monotonic() + interval
         try:

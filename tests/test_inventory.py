@@ -218,3 +218,42 @@ def test_snapshot_entity_ids_agree_with_kernel_events(start_sensor, spawn):
     assert end["process"]["entity_id"] == snap[0]["process"]["entity_id"]
     # /proc knows the start to the tick (10 ms); the kernel to the nanosecond
     assert abs(parse_time(end["process"]["start"]) - parse_time(snap[0]["process"]["start"])) <= NS_PER_TICK
+
+
+GROWER = """
+import sys, time
+sys.stdin.readline()                 # started: wait for the go
+block = bytearray(80 << 20)          # grow by 80 MiB, touched
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print("grown", flush=True)
+sys.stdin.readline()                 # then exit when told
+"""
+
+
+def test_a_process_that_starts_grows_and_exits(start_sensor):
+    """The whole life of one process in the real sensor: start and exit from the kernel's process
+    events, the growth in between from the inventory, all under one entity id."""
+    s = start_sensor("--inventory-interval", "0.3", "--inventory-memory-threshold", "32MiB",
+                     "--no-files-enabled", "--no-network-enabled", "--no-security-enabled", "--rules", "none")
+    p = subprocess.Popen([sys.executable, "-c", GROWER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # in the inventory's baseline before it grows
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    assert p.stdout.readline().strip() == "grown"
+    wait_for(lambda: [e for e in s.events(event__dataset="host.processes", event__action="memory-growth")
+                      if e["process"]["pid"] == p.pid], timeout=15, what="the memory-growth event")
+    p.stdin.write("exit\n")
+    p.stdin.flush()
+    assert p.wait(10) == 0
+    wait_for(lambda: [e for e in s.events(event__dataset="process", event__action="exit")
+                      if e["process"]["pid"] == p.pid], what="the exit event")
+    assert s.stop() == 0
+    life = [e for e in s.events() if e.get("process", {}).get("pid") == p.pid
+            and e["event"]["dataset"] in ("process", "host.processes")]
+    actions = [e["event"]["action"] for e in life]
+    assert actions[0] == "fork" and "exec" in actions and actions[-1] == "exit"
+    assert actions.count("memory-growth") == 1
+    [growth] = [e for e in life if e["event"]["action"] == "memory-growth"]
+    assert len({e["process"]["entity_id"] for e in life if e["event"]["action"] != "fork"}) == 1
+    assert growth["process"]["entity_id"] == life[-1]["process"]["entity_id"]
