@@ -258,6 +258,8 @@ class Pipeline:
     def _fallback(self, source, exc: SensorError):
         """The portable backend for a kernel source that could not start (no BTF, no root, no
         tracefs), when its backend is `auto`; otherwise the error stands."""
+        if isinstance(exc, ConfigError):  # the user's mistake: no backend would do better
+            raise exc
         reason = str(exc).splitlines()[0]
         if source.name == "process" and self.cfg["process.backend"] == "auto":
             from .polling import PollingProcessSource

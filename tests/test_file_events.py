@@ -215,3 +215,12 @@ def test_exec_of_a_file_written_since_start_is_flagged(watched):
     assert flagged[str(script)] is True
     true = [e for e in execs if e["process"]["executable"] == os.path.realpath("/bin/true")]
     assert true and not any(e["process"].get("executable_written") for e in true)
+
+
+def test_an_over_long_prefix_is_a_clear_config_error(tmp_path):
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "-m", "sensor", "run", "--data-dir", str(tmp_path / "d"), "--console", "off",
+                        "--duration", "1", "--files-paths", "/" + "a" * 300], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert "a prefix longer than 256 bytes" in r.stderr and "Traceback" not in r.stderr

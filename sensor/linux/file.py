@@ -25,7 +25,10 @@ _NO_ID = 0xFFFFFFFF
 def prefix_key(prefix: bytes) -> bytes:
     """The LPM trie key of a path prefix: its length in bits, then its bytes."""
     if len(prefix) > wire.PREFIX_MAX:
-        raise ValueError(f"path prefix longer than {wire.PREFIX_MAX} bytes: {prefix[:60]!r}...")
+        from ..errors import ConfigError
+
+        raise ConfigError(f"files.paths/files.exclude: a prefix longer than {wire.PREFIX_MAX} bytes: "
+                          f"{prefix[:60]!r}...")
     return struct.pack("<I", len(prefix) * 8) + prefix.ljust(wire.PREFIX_MAX, b"\0")
 
 
