@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -138,13 +139,38 @@ def capacity_bench(t: Tools, n: int) -> dict:
             "rate_per_s": meta["captured"] / span, "wall_s": wall, "peak_rss_mib": peak_rss_kib(r.stderr) / 1024}
 
 
+def consumer_bench(t: Tools, n: int) -> dict:
+    """User space alone: the storm runs while the tracer is stopped (its records wait in a 1 GiB
+    ring), then the tracer drains them all into Parquet; the drain's wall and CPU time give the
+    rate user space sustains, whatever the traced workload can produce on the cores left to it."""
+    out = t.tmp / "consumer"
+    p = subprocess.Popen([*SENSOR, "trace", "--no-progress", "--ring-buffer-bytes", "1GiB", "-o", str(out), "--",
+                          t.storm, str(n)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()  # printed once the command runs
+    os.kill(p.pid, signal.SIGSTOP)
+    storm = int(re.search(r"pids (\d+)", line).group(1))
+    while True:  # its parent is stopped: the finished storm stays a zombie
+        with open(f"/proc/{storm}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    os.kill(p.pid, signal.SIGCONT)
+    p.wait()
+    wall = time.monotonic() - t0
+    p.stderr.close()
+    meta = json.loads((out / "metadata.json").read_text())
+    return {"calls": n, "captured": meta["captured"], "lost": meta["lost"], "drain_wall_s": wall,
+            "rate_per_s": meta["captured"] / wall}
+
+
 def write_doc(res: dict):
     s = res["storm"]
     rows = "\n".join(
         f"| {name} | {r['calls']:,} | {', '.join(f'{x:.3f}' for x in r['seconds'])} | {r['ratio']:.2f}x | "
         f"{', '.join(f'{g:,}' for g in r['recorded'])} | {', '.join(f'{x:,}' for x in r['lost'])} |"
         for name, r in s.items())
-    m, c = res["mixed"], res["capacity"]
+    m, c, u = res["mixed"], res["capacity"], res["consumer"]
     update_section("trace", f"""## Syscall tracing
 
 Measured by `make bench` (bench/trace.py) on {res['machine']}, {res['date']}, {res['rounds']} rounds.
@@ -158,6 +184,11 @@ wrote to its file.
 
 Sustained capture, two storms at once ({c['calls']:,} calls): {c['captured']:,} captured, {c['lost']:,} lost in
 {c['trace_seconds']:.2f} s = {c['rate_per_s']:,.0f} calls/s into Parquet; sensor peak RSS {c['peak_rss_mib']:.0f} MiB.
+Here the traced workload is the limit: two traced storms share the 2 cores with the tracer.
+
+User space alone ({u['calls']:,} records waiting in the ring while the tracer was stopped, then
+drained into Parquet): {u['captured']:,} captured, {u['lost']} lost, in {u['drain_wall_s']:.2f} s =
+{u['rate_per_s']:,.0f} records/s (the drain's wall time includes writing and closing the Parquet file).
 
 Mixed workload with `--args` (`{m['command']}`): sensor trace recorded {m['sensor_captured']:,} calls
 ({m['sensor_lost']} lost); `strace -f -c` counted {m['strace_calls']:,} on a separate run of the same command.
@@ -170,6 +201,7 @@ def main():
     ap.add_argument("--slow-calls", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--capacity-calls", type=int, default=50_000_000)
+    ap.add_argument("--consumer-calls", type=int, default=10_000_000)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sensor-trace-bench-") as tmp:
         tmp = Path(tmp)
@@ -180,6 +212,7 @@ def main():
                "date": time.strftime("%Y-%m-%d"), "rounds": args.rounds,
                "storm": storm_bench(t, args.calls, args.slow_calls, args.rounds),
                "capacity": capacity_bench(t, args.capacity_calls),
+               "consumer": consumer_bench(t, args.consumer_calls),
                "mixed": mixed_bench(tmp)}
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
