@@ -11,7 +11,7 @@ ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/pp
 	-e 's/s390x/s390/' -e 's/riscv64/riscv/')
 BPF_SRC := $(wildcard bpf/*.bpf.c)
 BPF_OBJ := $(patsubst bpf/%.bpf.c,sensor/bpf/%.bpf.o,$(BPF_SRC))
-BPF_HDR := $(wildcard bpf/*.h bpf/lib/*.h)
+BPF_HDR := $(wildcard bpf/*.h bpf/lib/*.h bpf/activity/*.c)
 VMLINUX := build/vmlinux.h
 BPF_CFLAGS := -O2 -g -Wall -target bpf -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf
 

@@ -37,27 +37,36 @@ def build_sources(cfg: Config, blocked=()) -> list:
             sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
                                          threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
                                          blocked=blocked))
-    # maps the kernel sources share with the process programs (the sensor's pids, written files)
-    shared = next((s.shared_maps for s in sources if hasattr(s, "shared_maps")), None)
+    # the file, network and security sources share one object, which shares maps with the process
+    # programs (the sensor's pids, written files)
+    shared_activity = []
+
+    def activity():
+        if not shared_activity:
+            from .linux.activity import Activity
+
+            shared = next((s.shared_maps for s in sources if hasattr(s, "shared_maps")), None)
+            shared_activity.append(Activity(shared))
+        return shared_activity[0]
+
     if cfg["files.enabled"] and (cfg["files.backend"] == "watchdog" or not sys.platform.startswith("linux")):
         sources.append(_watchdog_source(cfg))
     elif cfg["files.enabled"]:
         from .linux.file import FileSource
 
-        sources.append(FileSource(_items(cfg["files.paths"]), _items(cfg["files.exclude"]) + [cfg["data_dir"]],
+        sources.append(FileSource(activity(), _items(cfg["files.paths"]),
+                                  _items(cfg["files.exclude"]) + [cfg["data_dir"]],
                                   ring_buffer_bytes=cfg["files.ring_buffer_bytes"],
-                                  write_interval=cfg["files.write_interval"],
-                                  shared=shared))
+                                  write_interval=cfg["files.write_interval"]))
     if cfg["network.enabled"] and sys.platform.startswith("linux"):
         from .linux.net import NetSource
 
-        sources.append(NetSource(ring_buffer_bytes=cfg["network.ring_buffer_bytes"],
-                                 flow_interval=cfg["network.flow_interval"],
-                                 shared=shared))
+        sources.append(NetSource(activity(), ring_buffer_bytes=cfg["network.ring_buffer_bytes"],
+                                 flow_interval=cfg["network.flow_interval"]))
     if cfg["security.enabled"] and sys.platform.startswith("linux"):
         from .linux.security import SecuritySource
 
-        sources.append(SecuritySource(shared=shared))
+        sources.append(SecuritySource(activity()))
     if cfg["packets.enabled"]:
         from .packets import PacketSource
 

@@ -9,7 +9,7 @@ from sensor.linux.btf import Btf
 OBJECTS = sorted((Path(wire.__file__).parent / "bpf").glob("*.bpf.o"))
 
 
-@pytest.fixture(scope="module", params=[p.name for p in OBJECTS if p.name in ("process.bpf.o", "trace.bpf.o", "file.bpf.o", "net.bpf.o", "security.bpf.o")])
+@pytest.fixture(scope="module", params=[p.name for p in OBJECTS if p.name in ("process.bpf.o", "trace.bpf.o", "activity.bpf.o")])
 def btf(request):
     with Btf.from_file(Path(wire.__file__).parent / "bpf" / request.param) as b:
         yield b
@@ -46,9 +46,8 @@ def test_exec_data_starts_at_struct_end(btf):
 OPTIONS = {
     "process.bpf.o": {"wakeup_bytes", "trace_threads", "only_traced", "follow_forks"},
     "trace.bpf.o": {"wakeup_bytes", "filter_syscalls", "with_args", "nr_exit", "nr_exit_group"},
-    "file.bpf.o": {"wakeup_bytes", "write_interval_ns"},
-    "net.bpf.o": {"wakeup_bytes", "flow_interval_ns", "nr_accept", "nr_sendto", "nr_recvmsg"},
-    "security.bpf.o": {"wakeup_bytes"},
+    "activity.bpf.o": {"wakeup_bytes", "file_on", "net_on", "security_on", "write_interval_ns", "flow_interval_ns",
+                       "nr_accept", "nr_sendto", "nr_recvmsg"},
 }
 
 

@@ -1,19 +1,15 @@
 """File activity source on Linux: bpf/file.bpf.c's records, filtered by path prefix in the kernel."""
 from __future__ import annotations
 
-import os
 import posixpath
 import struct
-from pathlib import Path
 
 from .. import wire
 from ..files import prefix_bytes
 from ..records import FileActivity
-from .libbpf import BpfObject
+from .activity import Activity, ActivityPart
 from .process import _cstr, _struct
-from .source import RingSource
 
-OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "file.bpf.o"
 _FILE = _struct(wire.file_event)
 OPS = {wire.FILE_CREATE: "create", wire.FILE_WRITE: "write", wire.FILE_DELETE: "delete",
        wire.FILE_RENAME: "rename", wire.FILE_CHMOD: "chmod", wire.FILE_CHOWN: "chown",
@@ -105,37 +101,28 @@ def decode(raw: bytes) -> FileActivity | None:
         at_close=bool(flags & wire.FILE_AT_CLOSE))
 
 
-class FileSource(RingSource):
-    """Loads and attaches the file programs; `poll` returns FileActivity records."""
+class FileSource(ActivityPart):
+    """The file part of the shared activity programs; `poll` returns FileActivity records."""
 
     name = "file"
+    ring = "file_events"
     event_types = (wire.EVENT_FILE,)
     decode = staticmethod(decode)
 
-    def __init__(self, paths: list[str], exclude: list[str] = (), *, ring_buffer_bytes: int = 4 << 20,
-                 write_interval: float = 1.0, shared=None):
+    def __init__(self, activity: Activity, paths: list[str], exclude: list[str] = (), *,
+                 ring_buffer_bytes: int = 4 << 20, write_interval: float = 1.0):
+        super().__init__(activity, ring_buffer_bytes)
         self.paths, self.exclude = list(paths), list(exclude)
-        self.ring_buffer_bytes = ring_buffer_bytes
         self.write_interval = write_interval
-        self.shared = shared  # a callable giving {map name: fd} of the process source's shared maps
 
-    def start(self):
-        from .. import syscalls
+    def rodata(self, numbers):
+        return {"write_interval_ns": int(self.write_interval * 1e9)}
 
-        numbers = syscalls.numbers()  # SensorError on an arch without a table: the caller falls back
-        reuse = self.shared() if self.shared else {}
-        obj = BpfObject(OBJECT, rodata={"wakeup_bytes": 0, "write_interval_ns": int(self.write_interval * 1e9)},
-                        max_entries={"events": self.ring_buffer_bytes}, reuse=reuse)
-
-        def setup(o):
-            if "ignored_tgids" not in reuse:
-                o.map("ignored_tgids").update(os.getpid(), b"\x01")
-            calls = o.map("file_calls")
-            for nr, entry in call_table(numbers).items():
-                calls.update(nr, entry)
-            prefixes = o.map("prefixes")
-            for kind, items in ((wire.PREFIX_WATCH, self.paths), (wire.PREFIX_EXCLUDE, self.exclude)):
-                for p in items:
-                    prefixes.update(prefix_key(prefix_bytes(p)), bytes([kind]))
-
-        return self._open(obj, setup)
+    def setup(self, obj, numbers):
+        calls = obj.map("file_calls")
+        for nr, entry in call_table(numbers).items():
+            calls.update(nr, entry)
+        prefixes = obj.map("prefixes")
+        for kind, items in ((wire.PREFIX_WATCH, self.paths), (wire.PREFIX_EXCLUDE, self.exclude)):
+            for p in items:
+                prefixes.update(prefix_key(prefix_bytes(p)), bytes([kind]))

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import ipaddress
-import os
-from pathlib import Path
 
-from .. import syscalls, wire
+from .. import wire
 from ..records import NetActivity
-from .libbpf import BpfObject
+from .activity import Activity, ActivityPart
 from .process import _cstr, _struct
-from .source import RingSource
 
-OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "net.bpf.o"
 _NET = _struct(wire.net_event)
 OPS = {wire.NET_CONNECT: "connect", wire.NET_ACCEPT: "accept", wire.NET_CLOSE: "close",
        wire.NET_UDP_SEND: "udp-send", wire.NET_UDP_RECV: "udp-receive", wire.NET_BIND: "bind",
@@ -46,27 +42,19 @@ def decode(raw: bytes) -> NetActivity | None:
         comm=_cstr(comm))
 
 
-class NetSource(RingSource):
-    """Loads and attaches the network programs; `poll` returns NetActivity records."""
+class NetSource(ActivityPart):
+    """The network part of the shared activity programs; `poll` returns NetActivity records."""
 
     name = "network"
+    ring = "net_events"
     event_types = (wire.EVENT_NET,)
     decode = staticmethod(decode)
 
-    def __init__(self, *, ring_buffer_bytes: int = 4 << 20, flow_interval: float = 60.0, shared=None):
-        self.ring_buffer_bytes = ring_buffer_bytes
+    def __init__(self, activity: Activity, *, ring_buffer_bytes: int = 4 << 20, flow_interval: float = 60.0):
+        super().__init__(activity, ring_buffer_bytes)
         self.flow_interval = flow_interval
-        self.shared = shared  # a callable giving {map name: fd} of the process source's shared maps
 
-    def start(self):
-        numbers = syscalls.numbers()  # SensorError on an arch without a table: the caller falls back
-        rodata = {f"nr_{name}": numbers.get(name, 0xFFFFFFFF) for name in _CALLS}
-        rodata.update(wakeup_bytes=0, flow_interval_ns=int(self.flow_interval * 1e9))
-        reuse = {k: v for k, v in (self.shared() if self.shared else {}).items() if k == "ignored_tgids"}
-        obj = BpfObject(OBJECT, rodata=rodata, max_entries={"events": self.ring_buffer_bytes}, reuse=reuse)
-
-        def setup(o):
-            if not reuse:
-                o.map("ignored_tgids").update(os.getpid(), b"\x01")
-
-        return self._open(obj, setup)
+    def rodata(self, numbers):
+        out = {f"nr_{name}": numbers.get(name, 0xFFFFFFFF) for name in _CALLS}
+        out["flow_interval_ns"] = int(self.flow_interval * 1e9)
+        return out

@@ -1,19 +1,15 @@
 """Security-relevant syscalls on Linux: bpf/security.bpf.c's records."""
 from __future__ import annotations
 
-import os
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from .. import syscalls, wire
 from ..records import SecurityCall
-from .libbpf import BpfObject
+from .activity import Activity, ActivityPart
 from .process import _cstr
-from .source import RingSource
 
-OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "security.bpf.o"
 _N = wire.FC_NONE
 
 # syscall -> (filter, (string argument indices), fd argument whose path is string 0)
@@ -67,28 +63,18 @@ def decode(raw: bytes) -> SecurityCall | None:
         truncated=frozenset(i for i in range(3) if flags & (1 << i)), comm=_cstr(bytes(rec["comm"])))
 
 
-class SecuritySource(RingSource):
-    """Loads and attaches the security programs; `poll` returns SecurityCall records."""
+class SecuritySource(ActivityPart):
+    """The security part of the shared activity programs; `poll` returns SecurityCall records."""
 
     name = "security"
+    ring = "sec_events"
     event_types = (wire.EVENT_SECURITY,)
     decode = staticmethod(decode)
 
-    def __init__(self, *, ring_buffer_bytes: int = 1 << 20, shared=None):
-        self.ring_buffer_bytes = ring_buffer_bytes
-        self.shared = shared
+    def __init__(self, activity: Activity, *, ring_buffer_bytes: int = 1 << 20):
+        super().__init__(activity, ring_buffer_bytes)
 
-    def start(self):
-        numbers = syscalls.numbers()
-        reuse = {k: v for k, v in (self.shared() if self.shared else {}).items() if k == "ignored_tgids"}
-        obj = BpfObject(OBJECT, rodata={"wakeup_bytes": 0}, max_entries={"events": self.ring_buffer_bytes},
-                        reuse=reuse)
-
-        def setup(o):
-            if not reuse:
-                o.map("ignored_tgids").update(os.getpid(), b"\x01")
-            table = o.map("security_calls")
-            for nr, entry in call_table(numbers).items():
-                table.update(nr, entry)
-
-        return self._open(obj, setup)
+    def setup(self, obj, numbers):
+        table = obj.map("security_calls")
+        for nr, entry in call_table(numbers).items():
+            table.update(nr, entry)

@@ -17,14 +17,18 @@
 #include "lib/path.h"
 #include "lib/syscall.h"
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
 #define AT_FDCWD -100
 #define AT_REMOVEDIR 0x200
 #define S_IFMT 0170000
 #define S_IFREG 0100000
 #define FMODE_WRITE 0x2
 #define FMODE_CREATED 0x100000 /* open created the file (since 4.19; same bit through 6.18) */
+
+/* The ring buffer of file records */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} file_events SEC(".maps");
 
 /* One write record per file and process per interval at most. */
 const volatile __u64 write_interval_ns = 1000000000;
@@ -98,7 +102,7 @@ struct {
 	__type(value, struct write_state);
 } writes SEC(".maps");
 
-static __always_inline struct file_scratch *scratch(void)
+static __always_inline struct file_scratch *file_scratch_get(void)
 {
 	__u32 zero = 0;
 
@@ -216,12 +220,12 @@ static __always_inline __u64 record_size(struct file_event *e)
 	return sizeof(*e) + size;
 }
 
-static __always_inline void send(struct file_record *r, struct task_struct *task)
+static __always_inline void file_send(struct file_record *r, struct task_struct *task)
 {
 	__u64 size = record_size(&r->ev);
 
 	fill_header(&r->ev.hdr, EVENT_FILE, size, task);
-	if (output_retry(&events, r, size, submit_flags()))
+	if (output_retry(&file_events, r, size, 0))
 		count_lost(EVENT_FILE);
 }
 
@@ -238,7 +242,7 @@ static __always_inline void send_fd_event(struct file_scratch *s, struct task_st
 	if (truncated)
 		e->flags |= FILE_PATH_TRUNCATED;
 	if (e->path_len && watched(s, s->rec.data))
-		send(&s->rec, task);
+		file_send(&s->rec, task);
 }
 
 /* ---- open and create: at exit, from the new fd's struct file ---- */
@@ -262,7 +266,7 @@ static __always_inline int opened(long fd, bool announce)
 	if (!(fmode & FMODE_WRITE) || (BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFREG)
 		return 0;
 	mark_written(inode);
-	s = scratch();
+	s = file_scratch_get();
 	if (!s)
 		return 0;
 	bool truncated;
@@ -310,7 +314,7 @@ static __always_inline int wrote(long fd, __u64 bytes)
 
 	if (now - st->last_ns < write_interval_ns)
 		return 0;
-	struct file_scratch *s = scratch();
+	struct file_scratch *s = file_scratch_get();
 
 	if (!s)
 		return 0;
@@ -326,7 +330,7 @@ static __always_inline int wrote(long fd, __u64 bytes)
 	e->path_len = file_path(s, f, 0, &truncated);
 	if (truncated)
 		e->flags |= FILE_PATH_TRUNCATED;
-	send(&s->rec, task);
+	file_send(&s->rec, task);
 	return 0;
 }
 
@@ -347,7 +351,7 @@ static __always_inline int closed(long fd)
 	st = bpf_map_lookup_elem(&writes, &key);
 	if (!st || !st->watched || !st->count || st->inode != (__u64)BPF_CORE_READ(f, f_inode))
 		return 0;
-	s = scratch();
+	s = file_scratch_get();
 	if (!s)
 		return 0;
 	struct file_event *e = begin(s, FILE_WRITE, task);
@@ -360,7 +364,7 @@ static __always_inline int closed(long fd)
 	e->path_len = file_path(s, f, 0, &truncated);
 	if (truncated)
 		e->flags |= FILE_PATH_TRUNCATED;
-	send(&s->rec, task);
+	file_send(&s->rec, task);
 	return 0;
 }
 
@@ -373,7 +377,7 @@ static __always_inline int fd_call(long fd, __u32 op, __u32 mode, __u32 uid, __u
 	struct file *f;
 
 	f = fd_file(fd);
-	s = scratch();
+	s = file_scratch_get();
 	if (!f || !s)
 		return 0;
 	struct file_event *e = begin(s, op, task);
@@ -390,7 +394,7 @@ static __always_inline int fd_call(long fd, __u32 op, __u32 mode, __u32 uid, __u
 	if (truncated)
 		e->flags |= FILE_PATH_TRUNCATED;
 	if (e->path_len && watched(s, s->rec.data))
-		send(&s->rec, task);
+		file_send(&s->rec, task);
 	return 0;
 }
 
@@ -406,7 +410,7 @@ static __always_inline int path_call(__u32 op, long dirfd, const char *upath, lo
 	struct file_scratch *s;
 	bool truncated, hit;
 
-	s = scratch();
+	s = file_scratch_get();
 	if (!s)
 		return 0;
 	struct file_event *e = begin(s, op, task);
@@ -449,12 +453,12 @@ static __always_inline int path_call_done(long ret)
 	if (!r)
 		return 0;
 	if (ret == 0)
-		send(r, (void *)bpf_get_current_task());
+		file_send(r, (void *)bpf_get_current_task());
 	bpf_map_delete_elem(&pending, &tid);
 	return 0;
 }
 
-/* ---- the two programs ---- */
+/* ---- entry and exit, called by activity.bpf.c's two programs ---- */
 
 static __always_inline int fd_arg(struct pt_regs *regs, __u8 i)
 {
@@ -466,8 +470,7 @@ static __always_inline int dirfd_arg(struct pt_regs *regs, __u8 i)
 	return i == FC_NONE ? AT_FDCWD : fd_arg(regs, i);
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(file_enter, struct pt_regs *regs, long id)
+static __always_inline int file_on_enter(struct pt_regs *regs, long id)
 {
 	__u32 nr = id;
 	struct file_call *c = bpf_map_lookup_elem(&file_calls, &nr);
@@ -496,8 +499,7 @@ int BPF_PROG(file_enter, struct pt_regs *regs, long id)
 			 mode, uid, gid);
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(file_exit, struct pt_regs *regs, long ret)
+static __always_inline int file_on_exit(struct pt_regs *regs, long ret)
 {
 	__u32 nr = syscall_nr(regs);
 	struct file_call *c = bpf_map_lookup_elem(&file_calls, &nr);

@@ -15,7 +15,11 @@
 #include "lib/path.h"
 #include "lib/syscall.h"
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
+/* The ring buffer of security records */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} sec_events SEC(".maps");
 
 #define PTRACE_TRACEME 0
 #define PTRACE_POKETEXT 4
@@ -72,8 +76,7 @@ static __always_inline bool wanted(struct sec_call *c, struct pt_regs *regs, __u
 	return true;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(security_enter, struct pt_regs *regs, long id)
+static __always_inline int security_on_enter(struct pt_regs *regs, long id)
 {
 	__u32 nr = id, zero = 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -139,8 +142,7 @@ int BPF_PROG(security_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(security_exit, struct pt_regs *regs, long ret)
+static __always_inline int security_on_exit(struct pt_regs *regs, long ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct sec_event *e = bpf_map_lookup_elem(&sec_pending, &tid);
@@ -148,7 +150,7 @@ int BPF_PROG(security_exit, struct pt_regs *regs, long ret)
 	if (!e)
 		return 0;
 	e->ret = ret;
-	if (output_retry(&events, e, sizeof(*e), submit_flags()))
+	if (output_retry(&sec_events, e, sizeof(*e), 0))
 		count_lost(EVENT_SECURITY);
 	bpf_map_delete_elem(&sec_pending, &tid);
 	return 0;

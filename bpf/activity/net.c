@@ -17,8 +17,6 @@
 #include "lib/fd.h"
 #include "lib/syscall.h"
 
-char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
@@ -26,6 +24,12 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define S_IFMT 0170000
 #define S_IFSOCK 0140000
 #define DNS_PORT 53
+
+/* The ring buffer of network records */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} net_events SEC(".maps");
 
 /* Syscall numbers, set by user space from its table. */
 const volatile __u32 nr_accept = -1, nr_accept4 = -1, nr_bind = -1, nr_listen = -1;
@@ -96,7 +100,7 @@ struct {
 	__type(value, struct net_record);
 } net_scratch SEC(".maps");
 
-static __always_inline struct net_record *scratch(void)
+static __always_inline struct net_record *net_scratch_get(void)
 {
 	__u32 zero = 0;
 	struct net_record *r = bpf_map_lookup_elem(&net_scratch, &zero);
@@ -123,7 +127,7 @@ static __always_inline void fill_sock(struct net_event *e, struct sock *sk)
 	}
 }
 
-static __always_inline void send(struct net_record *r, __u32 op, __u32 pid, __u32 tid)
+static __always_inline void net_send(struct net_record *r, __u32 op, __u32 pid, __u32 tid)
 {
 	__u64 size = sizeof(r->ev) + (r->ev.payload_len & (NET_PAYLOAD_MAX - 1));
 
@@ -136,7 +140,7 @@ static __always_inline void send(struct net_record *r, __u32 op, __u32 pid, __u3
 	r->ev.hdr.pid = pid;
 	r->ev.hdr.tid = tid;
 	r->ev.hdr.cpu = bpf_get_smp_processor_id();
-	if (output_retry(&events, r, size, submit_flags()))
+	if (output_retry(&net_events, r, size, 0))
 		count_lost(EVENT_NET);
 }
 
@@ -146,7 +150,7 @@ static __always_inline void send_current(struct net_record *r, __u32 op)
 
 	r->ev.start_ns = task_start_ns((void *)bpf_get_current_task());
 	bpf_get_current_comm(&r->ev.comm, sizeof(r->ev.comm));
-	send(r, op, id >> 32, (__u32)id);
+	net_send(r, op, id >> 32, (__u32)id);
 }
 
 static __always_inline void remember(struct sock *sk, bool inbound, __u16 lport)
@@ -186,7 +190,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 	o = bpf_map_lookup_elem(&owners, &key);
 	if (!o)
 		return 0; /* opened before the sensor started, or by the sensor */
-	r = scratch();
+	r = net_scratch_get();
 	if (!r)
 		return 0;
 	fill_sock(&r->ev, sk);
@@ -194,12 +198,12 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 	__builtin_memcpy(r->ev.comm, o->comm, sizeof(r->ev.comm));
 	if (newstate == TCP_ESTABLISHED) {
 		o->lport = r->ev.lport;
-		send(r, NET_CONNECT, o->pid, o->tid);
+		net_send(r, NET_CONNECT, o->pid, o->tid);
 		return 0;
 	}
 	if (oldstate == TCP_SYN_SENT) { /* refused or timed out */
 		r->ev.flags = NET_FAILED;
-		send(r, NET_CONNECT, o->pid, o->tid);
+		net_send(r, NET_CONNECT, o->pid, o->tid);
 	} else {
 		struct tcp_sock *tp = (struct tcp_sock *)sk;
 
@@ -214,7 +218,7 @@ int BPF_PROG(handle_tcp_state, struct sock *sk, int oldstate, int newstate)
 					     oldstate == TCP_CLOSING || oldstate == TCP_FIN_WAIT2))
 			r->ev.bytes_received--;
 		r->ev.flags = o->inbound ? NET_INBOUND : 0;
-		send(r, NET_CLOSE, o->pid, o->tid);
+		net_send(r, NET_CLOSE, o->pid, o->tid);
 	}
 	bpf_map_delete_elem(&owners, &key);
 	return 0;
@@ -273,7 +277,7 @@ static __always_inline void read_sockaddr(struct net_event *e, const void *uaddr
 static __always_inline void datagram(struct sock *sk, __u32 op, const void *uaddr, const void *buf,
 				     long len)
 {
-	struct net_record *r = scratch();
+	struct net_record *r = net_scratch_get();
 
 	if (!r)
 		return;
@@ -326,8 +330,7 @@ static __always_inline void msg_parts(const struct user_msghdr *umsg, const void
 		*base = iov.iov_base;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(net_enter, struct pt_regs *regs, long id)
+static __always_inline int net_on_enter(struct pt_regs *regs, long id)
 {
 	__u32 nr = id;
 
@@ -355,8 +358,7 @@ int BPF_PROG(net_enter, struct pt_regs *regs, long id)
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(net_exit, struct pt_regs *regs, long ret)
+static __always_inline int net_on_exit(struct pt_regs *regs, long ret)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &tid);
@@ -373,7 +375,7 @@ int BPF_PROG(net_exit, struct pt_regs *regs, long ret)
 		return 0;
 	if (nr == nr_accept || nr == nr_accept4) {
 		sk = fd_sock(ret);
-		if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || !(r = scratch()))
+		if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || !(r = net_scratch_get()))
 			return 0;
 		fill_sock(&r->ev, sk);
 		remember(sk, true, r->ev.lport);
@@ -386,7 +388,7 @@ int BPF_PROG(net_exit, struct pt_regs *regs, long ret)
 	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
 
 	if (nr == nr_bind || nr == nr_listen) {
-		if (!(r = scratch()))
+		if (!(r = net_scratch_get()))
 			return 0;
 		fill_sock(&r->ev, sk);
 		send_current(r, nr == nr_bind ? NET_BIND : NET_LISTEN);
