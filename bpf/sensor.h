@@ -121,7 +121,7 @@ struct tamper_event {
 	char comm[TASK_COMM_LEN];
 };
 
-/* File activity (file.bpf.c). Paths are absolute and root first: built from the dentries of an
+/* File activity (activity/file.c). Paths are absolute and root first: built from the dentries of an
  * open file, or, for calls that name a path, from the cwd or dirfd's dentries joined with the
  * string the caller passed (not resolved further: symlinks inside it stay as named). */
 #define FILE_PATH_MAX 4096 /* power of two: offsets are masked with FILE_PATH_MAX - 1 */
@@ -205,7 +205,7 @@ struct file_event {
 	/* followed by the path, and by path2 at offset FILE_PATH_MAX of that data */
 };
 
-/* Network activity (net.bpf.c): TCP from sock:inet_sock_set_state, accept/bind/listen and UDP
+/* Network activity (activity/net.c): TCP from sock:inet_sock_set_state, accept/bind/listen and UDP
  * from the raw syscall tracepoints. Addresses are 16 bytes (IPv4 in the first 4), ports in host
  * order; local is this host's end, remote the peer's. */
 #define NET_PAYLOAD_MAX 512 /* DNS messages over UDP fit (RFC 1035 without EDNS) */
@@ -246,7 +246,7 @@ struct net_event {
 	char comm[TASK_COMM_LEN];
 };
 
-/* Security-relevant syscalls (security.bpf.c), steered by the security_calls table user space
+/* Security-relevant syscalls (activity/security.c), steered by the security_calls table user space
  * fills: one record per call that passed the kernel's filter, at exit, with its raw arguments,
  * its return value, and up to three strings (user strings, or the path of an fd argument). */
 #define SEC_STR_MAX 512

@@ -1,4 +1,4 @@
-"""File events from the kernel (bpf/file.bpf.c): real files, real processes, real mounts."""
+"""File events from the kernel (bpf/activity/file.c): real files, real processes, real mounts."""
 from __future__ import annotations
 
 import os

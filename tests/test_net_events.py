@@ -1,4 +1,4 @@
-"""Network events from the kernel (bpf/net.bpf.c): real sockets, real processes, a real netns."""
+"""Network events from the kernel (bpf/activity/net.c): real sockets, real processes, a real netns."""
 from __future__ import annotations
 
 import os

@@ -1,4 +1,4 @@
-"""Security-relevant syscalls (bpf/security.bpf.c), each made for real by a helper process."""
+"""Security-relevant syscalls (bpf/activity/security.c), each made for real by a helper process."""
 from __future__ import annotations
 
 import os

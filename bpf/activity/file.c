@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * File activity from the raw sys_enter/sys_exit tracepoints (no kprobes, fentry or LSM on our
- * kernels), steered by the file_calls table user space fills. Two programs, not one per syscall
- * tracepoint: measured here, 51 per-syscall programs took 2.9 s to load and 3.8 s to detach.
+ * kernels) through activity.bpf.c's pair, steered by the file_calls table user space fills; not
+ * per-syscall tracepoints: measured here, 51 of those took 2.9 s to load and 3.8 s to detach.
  * Calls that name a path are recorded at entry, where the caller's cwd or dirfd still resolves
  * the name, and sent at exit only when they succeeded. Calls on an fd take the path from the
  * open file's dentries. Writes are folded per file and process in the kernel.

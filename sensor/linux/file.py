@@ -1,4 +1,4 @@
-"""File activity source on Linux: bpf/file.bpf.c's records, filtered by path prefix in the kernel."""
+"""File activity source on Linux: bpf/activity/file.c's records, filtered by path prefix in the kernel."""
 from __future__ import annotations
 
 import posixpath

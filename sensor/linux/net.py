@@ -1,4 +1,4 @@
-"""Network activity source on Linux: bpf/net.bpf.c's connection, datagram, bind and listen records."""
+"""Network activity source on Linux: bpf/activity/net.c's connection, datagram, bind and listen records."""
 from __future__ import annotations
 
 import ipaddress

@@ -1,4 +1,4 @@
-"""Security-relevant syscalls on Linux: bpf/security.bpf.c's records."""
+"""Security-relevant syscalls on Linux: bpf/activity/security.c's records."""
 from __future__ import annotations
 
 from functools import lru_cache
