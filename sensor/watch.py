@@ -24,6 +24,9 @@ DEFAULT_PATHS = {
     "win32": [r"C:\Users", r"C:\ProgramData\Microsoft\Windows\Start Menu\Programs", r"C:\Windows\Temp",
               r"C:\Windows\System32\Tasks", r"C:\Windows\System32", r"C:\Windows\SysWOW64", r"C:\Windows\WinSxS"],
 }
+# what the handler queues: opened/closed add nothing a created or modified does not say; attrib
+# is watchdog 7's chmod, chown and touch on inotify
+_KINDS = frozenset(("created", "deleted", "modified", "attrib", "moved"))
 _TYPES = {"create": ["creation"], "mkdir": ["creation"], "write": ["change"], "rename": ["change"],
           "delete": ["deletion"], "rmdir": ["deletion"]}
 
@@ -44,11 +47,11 @@ class WatchdogFileSource(TimerSource):
     module = "watchdog"
 
     def __init__(self, paths: list[str], exclude: list[str] = (), coalesce_seconds: float = 1.0,
-                 max_pending: int = 100_000):
+                 max_pending: int = 100_000, max_queued: int = 200_000):
         self.paths = [p for p in paths if p]
         self.exclude = [prefix_bytes(p) for p in exclude if p]
-        self.coalesce_seconds, self.max_pending = coalesce_seconds, max_pending
-        self._raw: deque = deque()
+        self.coalesce_seconds, self.max_pending, self.max_queued = coalesce_seconds, max_pending, max_queued
+        self._raw: deque = deque()  # observer thread -> poll(); bounded by max_queued
         self._pending: dict[tuple, _Pending] = {}  # insertion-ordered: the order of first sight
         self._window_start = 0.0
         self._observer = None
@@ -66,6 +69,11 @@ class WatchdogFileSource(TimerSource):
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event):
+                if event.event_type not in _KINDS:
+                    return
+                if len(source._raw) >= source.max_queued:  # poll() fell behind: count, never grow
+                    source.overflow += 1
+                    return
                 source._raw.append((event.event_type, event.is_directory, event.src_path,
                                     getattr(event, "dest_path", "")))
 
@@ -118,7 +126,7 @@ class WatchdogFileSource(TimerSource):
             self._add(("mkdir" if is_dir else "create", src), _Pending("mkdir" if is_dir else "create", src))
         elif kind == "deleted":
             self._add(("rmdir" if is_dir else "delete", src), _Pending("rmdir" if is_dir else "delete", src))
-        elif kind == "modified" and not is_dir:  # a directory's own change is its entries'
+        elif kind in ("modified", "attrib") and not is_dir:  # a directory's own change is its entries'
             key = ("write", src)
             if key in self._pending:
                 self._pending[key].count += 1
