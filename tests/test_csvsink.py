@@ -63,6 +63,7 @@ def test_rotation_compresses_and_every_file_has_its_header(tmp_path):
     assert len(rotated) >= 3
     got = []
     for z in rotated:
+        assert z.stat().st_mode & 0o777 == 0o600
         text = zstandard.ZstdDecompressor().decompressobj().decompress(z.read_bytes()).decode()
         part = list(csv.reader(io.StringIO(text)))
         assert part[0] == ["date", "time", "event", "path src", "path dst", "file name", "isDirectory"]
