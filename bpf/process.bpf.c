@@ -178,6 +178,9 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 
 	__u32 tgid = BPF_CORE_READ(p, tgid);
 
+	/* a thread that outlived its leader may have set the bit again: the last one clears it */
+	if (only_traced && trace_bit(tgid) && !is_traced(tgid))
+		trace_bit_set(tgid, false);
 	/* one record per process: the thread group leader's exit */
 	if (BPF_CORE_READ(p, pid) != tgid)
 		return 0;
@@ -188,6 +191,7 @@ int BPF_PROG(handle_exit, struct task_struct *p)
 			return 0;
 		/* the pid may be reused by a process we were never asked to trace */
 		bpf_map_delete_elem(&traced, &tgid);
+		trace_bit_set(tgid, false);
 	}
 	e = reserve_retry(&events, sizeof(*e));
 	if (!e) {

@@ -108,7 +108,7 @@ class TraceSession:
         self.table.seed()
         self.procs = ProcessSource(only_traced=True, follow_forks=opts.follow_forks).start()
         self._sources.append(self.procs)
-        self.syscalls = SyscallSource(self.procs.traced().fd, wanted=self.wanted, with_args=opts.args,
+        self.syscalls = SyscallSource(self.procs.trace_maps(), wanted=self.wanted, with_args=opts.args,
                                       ring_buffer_bytes=opts.ring_buffer_bytes).start()
         self._sources.append(self.syscalls)
         self.writer = TraceWriter(opts.out, opts.args, self.host.boot_offset_ns)

@@ -153,6 +153,34 @@ def test_syscall_filter_and_exit_status(tmp_path):
     assert trace(tmp_path / "f").returncode == 2
 
 
+def test_calls_that_sleep_or_change_cpu(tmp_path):
+    """A call's entry waits in a per-CPU slot; when the task leaves the CPU mid-call the slot moves
+    to the task. Sleeps, blocking reads and a CPU hog alongside: every call once, whole."""
+    out = tmp_path / "t"
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        r = trace(out, "--", sys.executable, str(Path(__file__).parent / "programs" / "sleepers.py"), "6", "60")
+    finally:
+        hog.kill()
+        hog.wait()
+    assert r.returncode == 0, r.stderr
+    pid = int(r.stdout.split()[0])
+    rows, meta = load(out)
+    assert meta["lost"] == 0
+    workers = {}
+    for x in rows:
+        if x["pid"] == pid and x["tid"] != pid:
+            workers.setdefault(x["tid"], []).append(x)
+    busy = {tid: calls for tid, calls in workers.items() if sum(c["syscall"] == "getppid" for c in calls) == 60}
+    assert len(busy) == 6, {tid: Counter(c["syscall"] for c in calls) for tid, calls in workers.items()}
+    for calls in busy.values():
+        sleeps = [c for c in calls if c["syscall"] == "clock_nanosleep"]
+        assert len(sleeps) == 60 and all(c["ret"] == 0 and c["duration_ns"] >= 2_000_000 for c in sleeps)
+        (read,) = [c for c in calls if c["syscall"] == "read" and c["ret"] == 5]
+        assert read["duration_ns"] >= 1_000_000
+    assert per_tid_ordered(rows)
+
+
 @pytest.fixture(scope="module")
 def storm(tmp_path_factory):
     exe = tmp_path_factory.mktemp("storm") / "getppid"

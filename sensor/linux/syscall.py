@@ -13,14 +13,14 @@ OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "trace.bpf.o"
 
 
 class SyscallSource(RingSource):
-    """Traces the processes in a shared `traced` map; `poll` returns a structured array."""
+    """Traces the processes in the process object's traced set; `poll` returns a structured array."""
 
     name = "syscalls"
 
-    def __init__(self, traced_fd: int, *, wanted: set[int] | None = None, with_args: bool = False,
+    def __init__(self, trace_maps: dict[str, int], *, wanted: set[int] | None = None, with_args: bool = False,
                  ring_buffer_bytes: int = 32 << 20, wakeup_bytes: int | None = None,
                  object_path: Path = OBJECT):
-        self.traced_fd = traced_fd
+        self.trace_maps = trace_maps
         self.wanted, self.with_args = wanted, with_args
         self.ring_buffer_bytes = ring_buffer_bytes
         # wake the reader at an eighth full: a wakeup per record would cost more than the tracing
@@ -37,7 +37,7 @@ class SyscallSource(RingSource):
                     "with_args": self.with_args, "nr_exit": nums["exit"], "nr_exit_group": nums["exit_group"],
                     "nr_execve": nums["execve"], "nr_execveat": nums["execveat"]},
             max_entries={"events": self.ring_buffer_bytes},
-            reuse={"traced": self.traced_fd})
+            reuse=self.trace_maps)
 
         def fill_spec(o):
             if self.wanted is not None or self.with_args:
