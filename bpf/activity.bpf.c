@@ -39,11 +39,14 @@ int BPF_PROG(activity_enter, struct pt_regs *regs, long id)
 SEC("tp_btf/sys_exit")
 int BPF_PROG(activity_exit, struct pt_regs *regs, long ret)
 {
+	__u32 nr = syscall_nr(regs);
+
+	/* each part checks the number before any per-thread lookup: this runs on every syscall */
 	if (file_on)
-		file_on_exit(regs, ret);
+		file_on_exit(nr, ret);
 	if (net_on)
-		net_on_exit(regs, ret);
+		net_on_exit(nr, ret);
 	if (security_on)
-		security_on_exit(regs, ret);
+		security_on_exit(nr, ret);
 	return 0;
 }

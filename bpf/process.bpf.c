@@ -238,7 +238,8 @@ int BPF_PROG(handle_signal, int sig, struct kernel_siginfo *info, struct task_st
 	return 0;
 }
 
-/* A classic tracepoint: it fires for ptrace only, not on every syscall (needs tracefs). */
+/* A classic tracepoint (needs tracefs). It runs for ptrace only, but it hooks the raw sys_enter
+ * tracepoint like every syscall event: attached only when no other program sees ptrace. */
 SEC("tracepoint/syscalls/sys_enter_ptrace")
 int handle_ptrace(struct trace_event_raw_sys_enter *ctx)
 {

@@ -257,6 +257,11 @@ class Pipeline:
                     s.start()
                 started.append(s)
             self.sources = started
+            names = {s.name for s in started}
+            if "security" not in names:  # else ptrace at the sensor comes with the security records
+                for s in started:
+                    if hasattr(s, "watch_ptrace"):
+                        s.watch_ptrace()
         except BaseException:
             for s in started:
                 s.close()

@@ -121,6 +121,7 @@ class ProcessTable:
         # paths files were written to: the kernel flags an exec of a written binary by inode, but
         # a script's exe_file is its interpreter, so scripts are matched here by name
         self.written: OrderedDict[bytes, int] = OrderedDict()
+        self.sensor_pids = {os.getpid()}  # what the kernel programs protect (their ignored_tgids)
 
     def seed(self) -> int:
         """Snapshots /proc so processes that started before the sensor have entities too."""
@@ -181,6 +182,11 @@ class ProcessTable:
         if isinstance(record, SecurityCall):
             from .security import security_event
 
+            target = record.args[1] & 0xFFFFFFFF
+            if record.syscall == "ptrace" and record.args[0] and target in self.sensor_pids:
+                # the security programs stand in for the process object's ptrace hook (see watch_ptrace)
+                return self.on_tamper(Tamper(record.ts_ns, record.pid, record.tid, target, 0, record.args[0],
+                                             record.comm))
             return security_event(record, self)
         return None
 

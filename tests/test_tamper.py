@@ -7,8 +7,13 @@ import sys
 from conftest import wait_for
 
 
-def test_signals_and_ptrace_at_the_sensor_raise_alerts(start_sensor):
-    s = start_sensor("--rules", "none")
+import pytest
+
+
+# ptrace at the sensor is seen by the security programs when they run, else by a hook of its own
+@pytest.mark.parametrize("security", ["--security-enabled", "--no-security-enabled"])
+def test_signals_and_ptrace_at_the_sensor_raise_alerts(start_sensor, security):
+    s = start_sensor("--rules", "none", security)
     os.kill(s.pid, signal.SIGSTOP)
     os.kill(s.pid, signal.SIGCONT)
     libc = ctypes.CDLL(None, use_errno=True)

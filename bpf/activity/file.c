@@ -499,9 +499,8 @@ static __always_inline int file_on_enter(struct pt_regs *regs, long id)
 			 mode, uid, gid);
 }
 
-static __always_inline int file_on_exit(struct pt_regs *regs, long ret)
+static __always_inline int file_on_exit(__u32 nr, long ret)
 {
-	__u32 nr = syscall_nr(regs);
 	struct file_call *c = bpf_map_lookup_elem(&file_calls, &nr);
 
 	if (!c)

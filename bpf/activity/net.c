@@ -330,12 +330,17 @@ static __always_inline void msg_parts(const struct user_msghdr *umsg, const void
 		*base = iov.iov_base;
 }
 
+static __always_inline bool net_call(__u32 nr)
+{
+	return nr == nr_accept || nr == nr_accept4 || nr == nr_bind || nr == nr_listen || nr == nr_sendto ||
+	       nr == nr_sendmsg || nr == nr_sendmmsg || nr == nr_recvfrom || nr == nr_recvmsg;
+}
+
 static __always_inline int net_on_enter(struct pt_regs *regs, long id)
 {
 	__u32 nr = id;
 
-	if (nr != nr_accept && nr != nr_accept4 && nr != nr_bind && nr != nr_listen && nr != nr_sendto &&
-	    nr != nr_sendmsg && nr != nr_sendmmsg && nr != nr_recvfrom && nr != nr_recvmsg)
+	if (!net_call(nr))
 		return 0;
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
@@ -358,8 +363,10 @@ static __always_inline int net_on_enter(struct pt_regs *regs, long id)
 	return 0;
 }
 
-static __always_inline int net_on_exit(struct pt_regs *regs, long ret)
+static __always_inline int net_on_exit(__u32 exit_nr, long ret)
 {
+	if (!net_call(exit_nr))
+		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct call *c = bpf_map_lookup_elem(&calls, &tid);
 	struct net_record *r;

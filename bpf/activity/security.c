@@ -142,8 +142,12 @@ static __always_inline int security_on_enter(struct pt_regs *regs, long id)
 	return 0;
 }
 
-static __always_inline int security_on_exit(struct pt_regs *regs, long ret)
+static __always_inline int security_on_exit(__u32 nr, long ret)
 {
+	struct sec_call *c = bpf_map_lookup_elem(&security_calls, &nr);
+
+	if (!c || !c->wanted)
+		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct sec_event *e = bpf_map_lookup_elem(&sec_pending, &tid);
 

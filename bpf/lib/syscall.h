@@ -25,13 +25,14 @@ static __always_inline __u64 syscall_arg(struct pt_regs *regs, int i)
 	return 0;
 }
 
-/* The number of the call a sys_exit tracepoint reports on */
+/* The number of the call a tp_btf sys_exit program reports on. Its pt_regs is a trusted BTF
+ * pointer, so this is a plain load, not a helper call: it runs on every syscall of the host. */
 static __always_inline long syscall_nr(struct pt_regs *regs)
 {
 #if defined(__TARGET_ARCH_x86)
-	return BPF_CORE_READ(regs, orig_ax);
+	return regs->orig_ax;
 #elif defined(__TARGET_ARCH_arm64)
-	return BPF_CORE_READ(regs, syscallno);
+	return regs->syscallno;
 #else
 	return -1;
 #endif
