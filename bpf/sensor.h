@@ -337,4 +337,23 @@ struct syscall_args_event {
 	__u8 addr[TRACE_ADDR_MAX];
 };
 
+/* Records wait in a per-CPU batch and reach the ring buffer together: one reservation, whose
+ * lock every CPU shares, per batch instead of per call (measured: two getppid storms on two CPUs
+ * ran 0.55 us a call batched, 0.63 to 0.78 us with a reservation each). A batch is sent when
+ * full and whenever its CPU switches tasks, so a thread's records reach the ring in order even
+ * when it moves between CPUs; user space reads what is left once the programs are detached.
+ * A ring record is then n consecutive records of one kind, n from 1 to the batch size. */
+#define TRACE_BATCH 64       /* struct syscall_event records */
+#define TRACE_BATCH_ARGS 16  /* struct syscall_args_event records (--args) */
+#define TRACE_BATCH_BYTES 11776
+
+struct trace_batch {
+	__u32 n;
+	__u32 _pad;
+	__u8 recs[TRACE_BATCH_BYTES];
+};
+
+_Static_assert(TRACE_BATCH_BYTES == TRACE_BATCH_ARGS * sizeof(struct syscall_args_event) &&
+	       TRACE_BATCH_BYTES >= TRACE_BATCH * sizeof(struct syscall_event), "trace batch size");
+
 #endif /* __SENSOR_H */

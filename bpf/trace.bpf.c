@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
-/* Syscall tracing of chosen processes: entry and exit paired in the kernel, one record per call.
- * Membership (the `traced` map) is kept by process.bpf.c's fork/exit handlers and user space. */
+/* Syscall tracing of chosen processes: entry and exit paired in the kernel, one record per call,
+ * sent to the ring in per-CPU batches (struct trace_batch in sensor.h). Membership (the `traced`
+ * map) is kept by process.bpf.c's fork/exit handlers and user space. */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -51,6 +52,13 @@ struct {
 } pending SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct trace_batch);
+} batch SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
@@ -79,24 +87,54 @@ static __always_inline __u16 read_addr(__u8 *dst, __u64 ptr, __u64 len)
 	return len;
 }
 
+static __always_inline void flush(struct trace_batch *b)
+{
+	__u64 size = with_args ? sizeof(struct syscall_args_event) : sizeof(struct syscall_event);
+	__u64 flags = submit_flags(), bytes = (__u64)b->n * size;
+	long err = -1;
+
+	if (!bytes)
+		return;
+	for (int i = 0; i < RESERVE_TRIES && err; i++) {
+		barrier_var(bytes); /* bound it next to the call: the verifier must see it */
+		if (bytes > TRACE_BATCH_BYTES)
+			break;
+		err = bpf_ringbuf_output(&events, b->recs, bytes, flags);
+	}
+	if (err)
+		count_lost_n(EVENT_SYSCALL, b->n);
+	b->n = 0;
+}
+
 static __always_inline void emit(struct inflight *in, long ret, __u64 now)
 {
 	struct syscall_event *sc = &in->rec.sc;
+	__u32 zero = 0, i;
+	struct trace_batch *b = bpf_map_lookup_elem(&batch, &zero);
 
-	sc->ret = ret;
-	sc->duration_ns = now - sc->enter_ns;
-	if (with_args) {
-		if (output_retry(&events, &in->rec, sizeof(in->rec), submit_flags()))
-			count_lost(EVENT_SYSCALL);
-		return;
-	}
-	struct syscall_event *e = reserve_retry(&events, sizeof(*e));
-	if (!e) {
+	if (!b) {
 		count_lost(EVENT_SYSCALL);
 		return;
 	}
-	*e = *sc;
-	bpf_ringbuf_submit(e, submit_flags());
+	sc->ret = ret;
+	sc->duration_ns = now - sc->enter_ns;
+	i = b->n;
+	if (with_args) {
+		struct syscall_args_event *recs = (void *)b->recs;
+
+		/* a helper copy: clang will not copy 736 bytes inline */
+		bpf_probe_read_kernel(&recs[i & (TRACE_BATCH_ARGS - 1)], sizeof(in->rec), &in->rec);
+		b->n = ++i;
+		if (i >= TRACE_BATCH_ARGS)
+			flush(b);
+	} else {
+		struct syscall_event *recs = (void *)b->recs;
+
+		recs[i & (TRACE_BATCH - 1)] = *sc;
+		b->n = ++i;
+		if (i >= TRACE_BATCH)
+			flush(b);
+	}
 }
 
 static __always_inline void decode_args(struct inflight *in, struct syscall_spec *spec)
@@ -233,14 +271,19 @@ int BPF_PROG(trace_exit, struct pt_regs *regs, long ret)
 	return on_exit(ret);
 }
 
-/* A traced task leaves the CPU inside a call: its slot moves into the task's own storage. */
+/* A task switch: the CPU's batch is sent, and a traced task that leaves inside a call takes its
+ * slot along in its own storage. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(trace_switch, bool preempt, struct task_struct *prev)
 {
 	__u32 zero = 0;
 	struct pending *p = bpf_map_lookup_elem(&pending, &zero);
+	struct trace_batch *b = bpf_map_lookup_elem(&batch, &zero);
 	struct inflight *in;
 
+	/* whatever ran here goes to the ring before any of those threads can run elsewhere */
+	if (b && b->n)
+		flush(b);
 	if (!p || p->owner != (__u64)prev)
 		return 0;
 	p->owner = 0;

@@ -152,15 +152,18 @@ class TraceSession:
         n = 0
         while True:
             batch = self.syscalls.poll()
-            if len(batch):
-                for pid in np.unique(batch["pid"]):
-                    if not self.comms.known(int(pid)):  # e.g. its fork record was lost
-                        self.comms.set(int(pid), 0, _proc_comm(int(pid)) or "")
-                self.writer.add(batch, self.comms)
-                n += len(batch)
+            n += self._take(batch)
             if len(batch) < 1 << 18:
-                self.captured += n
                 return n
+
+    def _take(self, batch: np.ndarray) -> int:
+        if len(batch):
+            for pid in np.unique(batch["pid"]):
+                if not self.comms.known(int(pid)):  # e.g. its fork record was lost
+                    self.comms.set(int(pid), 0, _proc_comm(int(pid)) or "")
+            self.writer.add(batch, self.comms)
+            self.captured += len(batch)
+        return len(batch)
 
     def _reap(self, block: bool = False):
         if self.child is None or self.exit_code is not None:
@@ -225,6 +228,7 @@ class TraceSession:
             s.detach()
         self._drain_processes()
         self._drain_syscalls()
+        self._take(self.syscalls.held_back())
         self._reap()
         end_ns = time.time_ns()
         self.writer.flush(self.comms)

@@ -89,6 +89,10 @@ syscall_args_event = np.dtype(_SYSCALL + [
     ("addr", f"V{TRACE_ADDR_MAX}"),
 ])
 
+# A per-CPU batch of syscall records (bpf/sensor.h): what the kernel holds back when tracing stops.
+TRACE_BATCH, TRACE_BATCH_ARGS, TRACE_BATCH_BYTES = 64, 16, 11776
+trace_batch = np.dtype([("n", "<u4"), ("_pad", "<u4"), ("recs", f"V{TRACE_BATCH_BYTES}")])
+
 file_key = np.dtype([("dev", "<u8"), ("ino", "<u8")])
 
 tamper_event = np.dtype(_HEADER + [
@@ -133,6 +137,7 @@ STRUCTS = {
     "file_key": file_key,
     "syscall_event": syscall_event,
     "syscall_args_event": syscall_args_event,
+    "trace_batch": trace_batch,
     "file_event": file_event,
     "prefix_key": prefix_key,
     "file_call": file_call,

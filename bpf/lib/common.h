@@ -23,6 +23,7 @@ const volatile struct {
 	struct file_key file_key;
 	struct syscall_event syscall;
 	struct syscall_args_event syscall_args;
+	struct trace_batch trace_batch;
 	struct prefix_key prefix_key;
 	struct file_call file_call;
 	struct net_event net;
@@ -96,12 +97,17 @@ static __always_inline void trace_bit_set(__u32 tgid, bool on)
 		__sync_fetch_and_and(bits, ~(1ULL << (tgid & 63)));
 }
 
-static __always_inline void count_lost(__u32 type)
+static __always_inline void count_lost_n(__u32 type, __u64 count)
 {
 	__u64 *n = bpf_map_lookup_elem(&lost, &type);
 
 	if (n)
-		*n += 1;
+		*n += count;
+}
+
+static __always_inline void count_lost(__u32 type)
+{
+	count_lost_n(type, 1);
 }
 
 /* 6.18's ring lock (rqspinlock) fails a reserve now and then, for a moment, with the ring nearly

@@ -299,6 +299,17 @@ class Map:
             key = ctypes.c_uint32(nxt.value)
         return out
 
+    def percpu_values(self, key: int) -> list[bytes]:
+        """Every CPU's value at `key` of a per-CPU array, as bytes."""
+        ncpu = lib().libbpf_num_possible_cpus()
+        stride = (self.value_size + 7) & ~7  # the kernel pads each CPU's copy to 8 bytes
+        buf = ctypes.create_string_buffer(ncpu * stride)
+        k = ctypes.c_uint32(key)
+        if lib().bpf_map_lookup_elem(self.fd, ctypes.byref(k), buf):
+            raise BpfLoadError(f"map lookup failed: {os.strerror(_err())}")
+        raw = buf.raw
+        return [raw[i * stride:i * stride + self.value_size] for i in range(ncpu)]
+
     def percpu_u64(self, key: int) -> list[int]:
         """Every CPU's u64 value at `key` of a per-CPU array."""
         ncpu = lib().libbpf_num_possible_cpus()

@@ -64,6 +64,32 @@ class RingBuffer:
         _u64.pack_into(self._cons, 0, cons)
         return out
 
+    def read_batches(self, dtype: np.dtype, max_records: int = 1 << 20) -> np.ndarray:
+        """Copies out committed records that each hold one or more `dtype` records back to back
+        (the syscall tracer's per-CPU batches) as one numpy array. Python works per batch, not per
+        record; stops at the first batch still being written."""
+        size = dtype.itemsize
+        cons = _u64.unpack_from(self._cons, 0)[0]
+        prod = _u64.unpack_from(self._data, 0)[0]
+        data, base, mask = self._data, self._page, self._mask
+        chunks, n = [], 0
+        while cons < prod and n < max_records:
+            off = base + (cons & mask)
+            hdr = _u32.unpack_from(data, off)[0]
+            if hdr & BUSY_BIT:
+                break
+            length = hdr & ~(BUSY_BIT | DISCARD_BIT)
+            if not hdr & DISCARD_BIT:
+                if length % size:
+                    raise ValueError(f"ring buffer holds a record of {length} bytes, not a multiple of {size}")
+                chunks.append(data[off + HDR_SIZE:off + HDR_SIZE + length])
+                n += length // size
+            cons += (length + HDR_SIZE + 7) & ~7
+        _u64.pack_into(self._cons, 0, cons)
+        if not chunks:
+            return np.empty(0, dtype)
+        return np.frombuffer(b"".join(chunks), dtype)
+
     def read_fixed(self, dtype: np.dtype, max_records: int = 1 << 20) -> np.ndarray:
         """Copies out committed records of one fixed size as a numpy array, in one slice.
 

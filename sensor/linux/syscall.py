@@ -48,7 +48,17 @@ class SyscallSource(RingSource):
         return self._open(obj, fill_spec)
 
     def poll(self, max_records: int = 1 << 18) -> np.ndarray:
-        return self._rb.read_fixed(self.dtype, max_records)
+        return self._rb.read_batches(self.dtype, max_records)
+
+    def held_back(self) -> np.ndarray:
+        """The records still in the per-CPU batches. Call after detach (nothing adds to them
+        then) and after the ring is drained: per thread, these come last."""
+        out = []
+        for raw in self._obj.map("batch").percpu_values(0):
+            b = np.frombuffer(raw, wire.trace_batch)[0]
+            n = min(int(b["n"]), wire.TRACE_BATCH_ARGS if self.with_args else wire.TRACE_BATCH)
+            out.append(np.frombuffer(b["recs"].tobytes(), self.dtype, count=n))
+        return np.concatenate(out) if out else np.empty(0, self.dtype)
 
     def lost(self) -> int:
         """Records that never reached user space: ring buffer full, or a run the kernel skipped."""
