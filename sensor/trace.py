@@ -24,6 +24,7 @@ from .tracefile import Comms, TraceWriter
 
 # after a batch smaller than this, wait this long before reading again
 LINGER_RECORDS, LINGER_SECONDS = 1 << 14, 0.01
+READ_BATCHES = 1 << 12  # ring records (each up to 64 syscall records) per read
 
 
 @dataclass
@@ -151,9 +152,9 @@ class TraceSession:
         """Reads what the ring holds; returns how many records."""
         n = 0
         while True:
-            batch = self.syscalls.poll()
+            batch = self.syscalls.poll(READ_BATCHES)
             n += self._take(batch)
-            if len(batch) < 1 << 18:
+            if len(batch) < READ_BATCHES:  # a short read: the ring held no more
                 return n
 
     def _take(self, batch: np.ndarray) -> int:

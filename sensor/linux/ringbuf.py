@@ -64,58 +64,15 @@ class RingBuffer:
         _u64.pack_into(self._cons, 0, cons)
         return out
 
-    def read_batches(self, dtype: np.dtype, max_records: int = 1 << 20) -> np.ndarray:
+    def read_batches(self, dtype: np.dtype, max_batches: int = 1 << 14) -> np.ndarray:
         """Copies out committed records that each hold one or more `dtype` records back to back
-        (the syscall tracer's per-CPU batches) as one numpy array. Python works per batch, not per
-        record; stops at the first batch still being written."""
-        size = dtype.itemsize
-        cons = _u64.unpack_from(self._cons, 0)[0]
-        prod = _u64.unpack_from(self._data, 0)[0]
-        data, base, mask = self._data, self._page, self._mask
-        chunks, n = [], 0
-        while cons < prod and n < max_records:
-            off = base + (cons & mask)
-            hdr = _u32.unpack_from(data, off)[0]
-            if hdr & BUSY_BIT:
-                break
-            length = hdr & ~(BUSY_BIT | DISCARD_BIT)
-            if not hdr & DISCARD_BIT:
-                if length % size:
-                    raise ValueError(f"ring buffer holds a record of {length} bytes, not a multiple of {size}")
-                chunks.append(data[off + HDR_SIZE:off + HDR_SIZE + length])
-                n += length // size
-            cons += (length + HDR_SIZE + 7) & ~7
-        _u64.pack_into(self._cons, 0, cons)
-        if not chunks:
-            return np.empty(0, dtype)
-        return np.frombuffer(b"".join(chunks), dtype)
-
-    def read_fixed(self, dtype: np.dtype, max_records: int = 1 << 20) -> np.ndarray:
-        """Copies out committed records of one fixed size as a numpy array, in one slice.
-
-        For buffers whose producer writes only `dtype` records (the syscall tracer): no Python
-        work per record. Stops at the first record still being written.
-        """
-        size = dtype.itemsize
-        stride = (size + HDR_SIZE + 7) & ~7
-        cons = _u64.unpack_from(self._cons, 0)[0]
-        prod = _u64.unpack_from(self._data, 0)[0]
-        n = min((prod - cons) // stride, max_records)
-        if n <= 0:
-            return np.empty(0, dtype)
-        start = self._page + (cons & self._mask)
-        layout = np.dtype({"names": ["hdr", "rec"], "formats": ["<u4", dtype],
-                           "offsets": [0, HDR_SIZE], "itemsize": stride})
-        batch = np.frombuffer(self._data[start:start + n * stride], layout)
-        bad = np.flatnonzero(batch["hdr"] != size)
-        if bad.size:
-            first = int(bad[0])
-            hdr = int(batch["hdr"][first])
-            if not hdr & BUSY_BIT:
-                raise ValueError(f"ring buffer holds a record of {hdr & ~DISCARD_BIT} bytes, expected {size}")
-            batch = batch[:first]  # the rest waits for its producer to commit
-        _u64.pack_into(self._cons, 0, cons + len(batch) * stride)
-        return batch["rec"].copy()
+        (the syscall tracer's per-CPU batches) as one numpy array: Python works per batch, not
+        per record."""
+        chunks = self.read(max_batches)
+        for c in chunks:
+            if len(c) % dtype.itemsize:
+                raise ValueError(f"ring buffer holds a record of {len(c)} bytes, not a multiple of {dtype.itemsize}")
+        return np.frombuffer(b"".join(chunks), dtype) if chunks else np.empty(0, dtype)
 
     def close(self):
         for m in (self._cons, self._data):

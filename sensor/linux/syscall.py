@@ -47,8 +47,8 @@ class SyscallSource(RingSource):
 
         return self._open(obj, fill_spec)
 
-    def poll(self, max_records: int = 1 << 18) -> np.ndarray:
-        return self._rb.read_batches(self.dtype, max_records)
+    def poll(self, max_batches: int = 1 << 14) -> np.ndarray:
+        return self._rb.read_batches(self.dtype, max_batches)
 
     def held_back(self) -> np.ndarray:
         """The records still in the per-CPU batches. Call after detach (nothing adds to them
