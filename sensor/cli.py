@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--label", help="dataset label: normal, attack:NAME, or any text")
     tr.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     tr.add_argument("--ring-buffer-bytes", default="32MiB", metavar="SIZE", help="kernel ring buffer (default 32MiB)")
+    tr.add_argument("--park", choices=("auto", "always", "never"), default="auto",
+                    help="park records on disk (OUT_DIR/.syscalls.spill) and encode them later: auto = while "
+                         "the CPUs are saturated, so the traced workload keeps them (default auto)")
     tr.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="live progress line (default: when stderr is a terminal)")
     tr.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS", help="launch and trace it")
@@ -243,7 +246,7 @@ def cmd_trace(args) -> int:
     return run(TraceOptions(out=Path(args.output), pids=args.pid, command=command,
                             follow_forks=args.follow_forks, syscalls=args.syscalls, args=args.args,
                             label=args.label, duration=args.duration, ring_buffer_bytes=ring,
-                            progress=progress))
+                            park=args.park, progress=progress))
 
 
 def cmd_rules(args) -> int:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from . import __version__, syscalls, wire
 from .errors import SensorError
@@ -20,11 +21,14 @@ from .host import Host
 from .processes import ProcessTable
 from .records import ProcessExec, ProcessFork
 from .schema import Stamper, exit_fields, rfc3339, text
-from .tracefile import Comms, TraceWriter
+from .tracefile import Comms, Spill, TraceWriter
 
 # after a batch smaller than this, wait this long before reading again
 LINGER_RECORDS, LINGER_SECONDS = 1 << 14, 0.01
 READ_BATCHES = 1 << 12  # ring records (each up to 64 syscall records) per read
+# Records are parked (tracefile.Spill) instead of encoded while the CPUs are this busy and
+# records arrive this fast; parked ones are encoded once the CPUs have this much idle again.
+PARK_IDLE, PARK_RATE, UNPARK_IDLE = 0.05, 500_000, 0.2
 
 
 @dataclass
@@ -38,6 +42,7 @@ class TraceOptions:
     label: str | None = None
     duration: float | None = None
     ring_buffer_bytes: int = 32 << 20
+    park: str = "auto"  # auto | always | never: see Spill
     progress: bool = True
 
 
@@ -51,6 +56,13 @@ def _tgid(pid: int) -> int:
     except OSError:
         pass
     raise SensorError(f"--pid {pid}: no such process")
+
+
+def _cpu_idle_total() -> tuple[float, float]:
+    """Seconds all CPUs have been idle, and in all, since boot."""
+    t = psutil.cpu_times()
+    idle = t.idle + getattr(t, "iowait", 0.0)
+    return idle, sum(t)
 
 
 def _proc_comm(pid: int) -> str | None:
@@ -97,6 +109,9 @@ class TraceSession:
         self.captured = 0
         self._sources = []
         self._final_lost: int | None = None
+        self.spill: Spill | None = None
+        self.parking = False
+        self.spill_peak_bytes = 0
 
     def start(self):
         from .linux.process import ProcessSource
@@ -113,6 +128,10 @@ class TraceSession:
                                       ring_buffer_bytes=opts.ring_buffer_bytes).start()
         self._sources.append(self.syscalls)
         self.writer = TraceWriter(opts.out, opts.args, self.host.boot_offset_ns)
+        if opts.park != "never":
+            self.spill = Spill(opts.out / ".syscalls.spill", self.syscalls.dtype)
+        self.parking = opts.park == "always"
+        self._pace_mark = (time.monotonic(), 0, _cpu_idle_total())
         traced = self.procs.traced()
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         for tgid in tgids:
@@ -158,13 +177,59 @@ class TraceSession:
                 return n
 
     def _take(self, batch: np.ndarray) -> int:
-        if len(batch):
-            for pid in np.unique(batch["pid"]):
-                if not self.comms.known(int(pid)):  # e.g. its fork record was lost
-                    self.comms.set(int(pid), 0, _proc_comm(int(pid)) or "")
-            self.writer.add(batch, self.comms)
-            self.captured += len(batch)
+        """Records from the kernel: parked while the CPUs are busy (and after others still
+        parked, to keep their order), else encoded now."""
+        if not len(batch):
+            return 0
+        self.captured += len(batch)
+        if self.spill is not None and (self.parking or len(self.spill)):
+            try:
+                self.spill.put(batch)
+                return len(batch)
+            except OSError as exc:
+                print(f"sensor trace: cannot park records in {self.spill.path} ({exc.strerror}); "
+                      "encoding them as they come", file=sys.stderr)
+                self._unpark()
+                self.spill.close()
+                self.spill = None
+        self._encode(batch)
         return len(batch)
+
+    def _encode(self, batch: np.ndarray):
+        for pid in np.unique(batch["pid"]):
+            if not self.comms.known(int(pid)):  # e.g. its fork record was lost
+                self.comms.set(int(pid), 0, _proc_comm(int(pid)) or "")
+        self.writer.add(batch, self.comms)
+
+    def _unpark(self, max_records: int | None = None) -> int:
+        """Encodes parked records, oldest first: all of them, or about max_records."""
+        n = 0
+        while self.spill is not None and len(self.spill) and (max_records is None or n < max_records):
+            part = self.spill.take(self.writer.row_group)
+            self._encode(part)
+            n += len(part)
+        return n
+
+    def _pace(self, read: int):
+        """After each read: park or encode, by how busy the CPUs are; or let records gather."""
+        now = time.monotonic()
+        t0, n0, (idle0, total0) = self._pace_mark
+        self._pace_mark = (t0, n0 + read, (idle0, total0))
+        if now - t0 >= 0.1 and self.opts.park == "auto":
+            idle, total = _cpu_idle_total()
+            busy_idle = (idle - idle0) / max(total - total0, 1e-9)
+            rate = (n0 + read) / (now - t0)
+            if busy_idle < PARK_IDLE and rate >= PARK_RATE:
+                self.parking = True
+            elif busy_idle > UNPARK_IDLE:
+                self.parking = False
+            self._pace_mark = (now, 0, (idle, total))
+        if not self.parking and self.spill is not None and len(self.spill):
+            self._unpark(self.writer.row_group)  # a row group at a time, then back to the ring
+        elif read < LINGER_RECORDS:
+            # the ring reads as ready with a single record in it: after a small batch let more
+            # gather, so each read is a big one (fewer calls, less contention)
+            time.sleep(LINGER_SECONDS)
 
     def _reap(self, block: bool = False):
         if self.child is None or self.exit_code is not None:
@@ -190,10 +255,7 @@ class TraceSession:
             while not stop.is_set():
                 ep.poll(0.05)
                 self._drain_processes()
-                if self._drain_syscalls() < LINGER_RECORDS:
-                    # the ring reads as ready with a single record in it: after a small batch let
-                    # more gather, so each read is a big one (fewer calls, less contention)
-                    time.sleep(LINGER_SECONDS)
+                self._pace(self._drain_syscalls())
                 self._reap()
                 now = time.monotonic()
                 if deadline and now >= deadline:
@@ -232,6 +294,10 @@ class TraceSession:
         self._take(self.syscalls.held_back())
         self._reap()
         end_ns = time.time_ns()
+        self._unpark()
+        if self.spill is not None:
+            self.spill_peak_bytes = self.spill.peak_bytes
+            self.spill.close()
         self.writer.flush(self.comms)
         self.writer.close(self.metadata(end_ns))
         self._final_lost = self.lost()
@@ -242,6 +308,8 @@ class TraceSession:
         """Undo a start that failed half way: nothing stays loaded, no child is left stopped."""
         for s in self._sources:
             s.close()
+        if self.spill is not None:
+            self.spill.close()
         if self.child is not None:
             os.kill(self.child, signal.SIGKILL)
             self._reap(block=True)
@@ -265,6 +333,7 @@ class TraceSession:
             "captured": self.writer.rows,
             "lost": self.lost(),
             "lost_syscalls": self.syscalls.lost(),
+            "parked_peak_bytes": self.spill_peak_bytes,
             "exit_code": self.exit_code,
             "files": {"syscalls": "syscalls.parquet", "processes": "processes.jsonl"},
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()
@@ -296,6 +365,9 @@ class Progress:
         lost = s.lost()
         line = Text(f"tracing · {count:,} syscalls · {rate:,.0f}/s · ")
         line.append(f"lost {lost:,}", style="bold red" if lost else "")
+        parked = len(s.spill) if s.spill is not None else 0
+        if parked:  # encoded once the CPUs are free again
+            line.append(f" · {parked:,} parked")
         line.append(f" · {(time.clock_gettime_ns(time.CLOCK_BOOTTIME) - s.started) / 1e9:,.1f}s · Ctrl-C stops")
         return line
 

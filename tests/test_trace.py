@@ -212,6 +212,35 @@ def test_large_trace_streams_in_row_groups(tmp_path, storm):
     assert f.metadata.num_rows == meta["captured"] >= 1200000 - meta["lost"]
 
 
+def test_parked_records_are_all_written_in_order(tmp_path, storm):
+    """Records parked on disk (as under saturated CPUs) reach the Parquet file whole and in order."""
+    out = tmp_path / "t"
+    r = trace(out, "--park", "always", "--", storm, "300000")
+    assert r.returncode == 0, r.stderr
+    rows, meta = load(out)
+    assert meta["parked_peak_bytes"] > 0 and meta["lost"] == 0
+    assert sum(x["syscall"] == "getppid" for x in rows) == 300000
+    assert meta["captured"] == len(rows) and per_tid_ordered(rows)
+    assert sorted(p.name for p in out.iterdir()) == ["metadata.json", "processes.jsonl", "syscalls.parquet"]
+
+
+def test_full_disk_while_parking_loses_nothing(tmp_path, storm):
+    """The disk fills while records are parked: they are encoded in place and the trace goes on."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0700", "tmpfs", str(small)], check=True)
+    try:
+        r = trace(small / "t", "--park", "always", "--", storm, "300000")  # 12 MB parked > 3 MB
+        assert r.returncode == 0, r.stderr
+        assert "cannot park records" in r.stderr and "No space left" in r.stderr
+        rows, meta = load(small / "t")
+        assert meta["lost"] == 0 and sum(x["syscall"] == "getppid" for x in rows) == 300000
+        assert meta["captured"] == len(rows) and per_tid_ordered(rows)
+        assert not (small / "t" / ".syscalls.spill").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
 def test_ctrl_c_and_duration_stop_cleanly(tmp_path):
     import signal
 
