@@ -19,7 +19,7 @@ from . import __version__, syscalls, wire
 from .errors import SensorError
 from .host import Host
 from .processes import ProcessTable
-from .records import ProcessExec, ProcessFork
+from .records import ProcessExec, ProcessExit, ProcessFork
 from .schema import Stamper, exit_fields, rfc3339, text
 from .tracefile import Comms, Spill, TraceWriter
 
@@ -152,10 +152,13 @@ class TraceSession:
               flush=True)
         return self
 
-    def _drain_processes(self):
+    def _drain_processes(self) -> bool:
+        """Writes the process events the kernel holds; True if a traced process exited."""
+        exited = False
         while True:
             records = self.procs.poll()
             for r in records:
+                exited |= isinstance(r, ProcessExit)
                 if isinstance(r, ProcessExec):
                     self.comms.set(r.pid, r.ts_ns, text(r.comm)[0], r.ppid)
                 elif isinstance(r, ProcessFork) and not r.thread:
@@ -165,7 +168,7 @@ class TraceSession:
                 if event is not None:
                     self.writer.process_event(self.stamper.stamp(event, r.ts_ns))
             if len(records) < 1 << 16:
-                return
+                return exited
 
     def _drain_syscalls(self) -> int:
         """Reads what the ring holds; returns how many records."""
@@ -254,13 +257,13 @@ class TraceSession:
                 progress.start()
             while not stop.is_set():
                 ep.poll(0.05)
-                self._drain_processes()
+                exited = self._drain_processes()
                 self._pace(self._drain_syscalls())
                 self._reap()
                 now = time.monotonic()
                 if deadline and now >= deadline:
                     break
-                if now >= next_check:
+                if exited or now >= next_check:  # the last exit ends the trace at once
                     next_check = now + 0.1
                     if not traced.keys():  # every traced process has exited
                         break
