@@ -263,3 +263,43 @@ def test_dns_over_tcp(sensor):
     assert query["network"]["transport"] == "tcp" and query["event"]["action"] == "tcp-send"
     assert answer["dns"]["resolved_ip"] == ["fd00::7"] and answer["event"]["action"] == "tcp-receive"
     assert sensor.stop() == 0
+
+
+def test_connect_storm_loses_no_state_change(sensor, tmp_path):
+    """10,000 loopback connects: softirqs then fire the TCP state tracepoint inside its own
+    program now and then, which the kernel would skip; every connect and close is still there."""
+    from conftest import ROOT
+
+    storm = tmp_path / "connstorm"
+    subprocess.run(["gcc", "-O2", "-o", str(storm), str(ROOT / "bench" / "connstorm.c")], check=True)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4096)
+    port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        p = subprocess.run([str(storm), str(port), "10000"], capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, p.stderr
+        assert sensor.stop() == 0
+    finally:
+        srv.close()
+    mine = [e for e in sensor.events(event__category=["network"]) if e["network"]["transport"] == "tcp"
+            and port in (e.get("destination", {}).get("port"), e.get("source", {}).get("port"))]
+    got = {}
+    for e in mine:
+        key = (e["event"]["action"], e["process"]["pid"] == os.getpid())
+        got[key] = got.get(key, 0) + 1
+    health = sensor.events(event__dataset="sensor.health")[-1]["sensor"]["health"]["sources"]
+    assert health["network"]["lost_kernel"] == 0
+    # the storm connects and closes; this process accepts and closes
+    assert got == {("connect", False): 10000, ("close", False): 10000, ("accept", True): 10000,
+                   ("close", True): 10000, ("bind", True): 1, ("listen", True): 1}, got

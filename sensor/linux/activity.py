@@ -56,7 +56,7 @@ class Activity:
                 obj.map("ignored_tgids").update(os.getpid(), b"\x01")
             for p in self.parts:
                 p.setup(obj, numbers)
-            obj.attach(["activity_enter", "activity_exit"] + (["handle_tcp_state"] if "network" in names else []))
+            obj.attach(["activity_enter", "activity_exit"] + (["handle_tcp_state", "handle_tcp_state_nested"] if "network" in names else []))
         except BaseException:
             obj.close()
             raise
