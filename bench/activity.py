@@ -319,7 +319,8 @@ second fills a 4 MiB ring and the excess is dropped in the kernel and counted (`
 `sensor.health`), never silently. A host that expects such bursts sets `files.ring_buffer_bytes`
 (the ring's pages count in RSS once written). inotify reports names only: no process, no
 rename pairing, and a queue overflow (IN_Q_OVERFLOW) that inotifywait does not count. auditd's
-path watch wrote a record for a small part of the storm and slowed it most.
+path watch recorded each create and each unlink (a SYSCALL record apiece, PATH records beside
+them), into a log of its own that never rotates, at the highest cost to the storm.
 """)
 
 
