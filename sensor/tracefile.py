@@ -1,6 +1,7 @@
 """A trace directory: syscalls.parquet streamed in row groups, processes.jsonl, metadata.json."""
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -112,6 +113,7 @@ def _punch_hole(fd: int, offset: int, length: int):
 
 FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02
 PARK_RESERVE = 64 << 20
+PARK_KEEP_FREE = 1 << 30  # or 5 % of a smaller filesystem
 _fallocate = None
 
 
@@ -137,23 +139,30 @@ class Spill:
         """Appends; raises OSError (a full disk), with what was half-written dropped."""
         data = memoryview(np.ascontiguousarray(records)).cast("B")
         done = 0
-        if self._written + len(data) > self._allocated:
-            # blocks reserved ahead, not page by page as the writes come (measured: a third less
-            # system time parking on ext4); a disk too full for that still takes the writes
-            self._allocated = self._written + len(data) + PARK_RESERVE
-            try:
-                os.posix_fallocate(self._fd, self._written, self._allocated - self._written)
-            except OSError:
-                self._allocated = 0
         try:
+            if self._written + len(data) > self._allocated:
+                self._reserve(len(data))
             while done < len(data):
                 done += os.pwrite(self._fd, data[done:], self._written + done)
         except OSError:
             os.ftruncate(self._fd, self._written)
-            self._allocated = 0
+            self._allocated = self._written
             raise
         self._written += done
         self.peak_bytes = max(self.peak_bytes, self._written - self._read)
+
+    def _reserve(self, need: int):
+        """Reserves blocks ahead, not page by page as the writes come (measured: a third less
+        system time parking on ext4), and never the disk's last room: the host needs it more
+        than we do (an ENOSPC then, and the records are encoded instead)."""
+        st = os.fstatvfs(self._fd)
+        keep = min(PARK_KEEP_FREE, st.f_blocks * st.f_frsize // 20)
+        spare = st.f_bavail * st.f_frsize - keep
+        if need > spare:
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)}: {keep:,} bytes are kept free")
+        size = min(need + PARK_RESERVE, spare)
+        os.posix_fallocate(self._fd, self._written, size)
+        self._allocated = self._written + size
 
     def take(self, max_records: int) -> np.ndarray:
         size = min(len(self), max_records) * self.dtype.itemsize
