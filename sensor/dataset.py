@@ -262,7 +262,7 @@ def _lidds_lines(r: Run, sc):
         comm = _lidds_value(row["comm"] or "?")
         head = (row["pid"], comm, row["tid"], row["syscall"])
         params = []
-        for key in ("fd", "path", "path2", "addr"):
+        for key in ("fd", "path", "path2", "addr", "flags"):
             if key in cols and row[key] is not None:
                 params.append(f"{key}={_lidds_value(row[key])}")
         rows.append((row["timestamp_ns"], 0, head, ">", params))

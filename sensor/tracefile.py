@@ -13,7 +13,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import syscalls, wire
+from . import syscall_flags, syscalls, wire
 from .schema import text
 
 # Rows per Parquet row group: large for good compression, bounded for memory (an --args record
@@ -36,7 +36,7 @@ BASE = [("timestamp_ns", pa.int64()), ("duration_ns", pa.int64()), ("pid", pa.in
         ("ret", pa.int64())]
 ARGS = [(f"arg{i}", pa.uint64()) for i in range(6)] + [
     ("path", pa.string()), ("path2", pa.string()), ("addr", pa.string()),
-    ("fd", pa.int64()), ("truncated", pa.bool_()), ("escaped", pa.bool_())]
+    ("fd", pa.int64()), ("flags", pa.string()), ("truncated", pa.bool_()), ("escaped", pa.bool_())]
 
 # Syscalls whose first argument is a file descriptor (a dirfd for the *at calls): the `fd` column.
 FD_FIRST = (set(syscalls.GROUPS["desc"]) - {"pipe", "pipe2", "epoll_create1", "eventfd2"}) | (
@@ -247,7 +247,23 @@ class TraceWriter:
             fd[i] = int(np.int32(np.uint32(r["args"][i, 0] & 0xFFFFFFFF)))
         truncated = (r["flags"] & (wire.SC_PATH_TRUNCATED | wire.SC_PATH2_TRUNCATED)) != 0
         return [pa.array(path, pa.string()), pa.array(path2, pa.string()), pa.array(addr, pa.string()),
-                pa.array(fd, pa.int64()), truncated, escaped]
+                pa.array(fd, pa.int64()), pa.array(self._flags(r, names), pa.string()), truncated, escaped]
+
+    @staticmethod
+    def _flags(r: np.ndarray, names: dict[int, str]) -> list:
+        """The `flags` column: each distinct flag value of a syscall is decoded once."""
+        out = [None] * len(r)
+        for nr in np.unique(r["nr"]):
+            name = names.get(int(nr))
+            if name not in syscall_flags.DECODERS:
+                continue
+            rows = np.flatnonzero(r["nr"] == nr)
+            values = r["args"][rows][:, list(syscall_flags.DECODERS[name][0])] & 0xFFFFFFFF
+            distinct, which = np.unique(values, axis=0, return_inverse=True)
+            texts = [syscall_flags.decode(name, v) for v in distinct]
+            for i, k in zip(rows, which.ravel()):
+                out[i] = texts[k]
+        return out
 
     def process_event(self, event: dict):
         self._proc.write(orjson.dumps(event) + b"\n")

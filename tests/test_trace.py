@@ -55,6 +55,9 @@ def check_known(rows, meta, pid: int, port: int, n: int):
     assert key[-2:] == [("openat", "/etc/hostname"), ("connect", f"127.0.0.1:{port}")]
     (opened,) = [r for r in mine if r["syscall"] == "openat" and r["path"] == "/etc/hostname"]
     assert opened["ret"] >= 0 and opened["fd"] == -100  # AT_FDCWD
+    assert opened["flags"] == "O_RDONLY|O_CLOEXEC"  # Python opens close-on-exec
+    sockets = [r for r in mine if r["syscall"] == "socket"]
+    assert sockets and all(r["flags"] == "AF_INET|SOCK_STREAM|SOCK_CLOEXEC" for r in sockets)
     closes = [r for r in mine if r["syscall"] == "close" and r["fd"] == opened["ret"]
               and r["timestamp_ns"] > opened["timestamp_ns"]]
     assert closes and closes[0]["ret"] == 0
