@@ -7,13 +7,13 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
 
 import orjson
 
 from . import __version__, config
 from .errors import SensorError
+from .shutdown import stop_on
 
 log = logging.getLogger("sensor")
 
@@ -128,9 +128,7 @@ def cmd_run(args) -> int:
     from .pipeline import Pipeline
 
     pipeline = Pipeline(cfg).start()
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda *_: stop.set())
+    stop, _ = stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     console = cfg["console"] == "on" or (cfg["console"] == "auto" and sys.stdout.isatty())
     print(f"sensor {__version__}: tracing {', '.join(s.name for s in pipeline.sources) or 'nothing'}"
           f" into {pipeline.store.events_dir}; Ctrl-C stops", file=sys.stderr)

@@ -15,7 +15,10 @@ import psutil
 from .host import NS_PER_TICK, Host, start_ticks
 from .records import (UNSET_ID, FileActivity, NetActivity, ProcessExec, ProcessExit, ProcessFork, SecurityCall,
                       Tamper)
+from .files import file_event
+from .network import network_event
 from .schema import exit_fields, rfc3339, text
+from .security import security_event
 
 log = logging.getLogger("sensor.processes")
 
@@ -167,8 +170,6 @@ class ProcessTable:
         if isinstance(record, Tamper):
             return self.on_tamper(record)
         if isinstance(record, FileActivity):
-            from .files import file_event
-
             if record.op in ("create", "write", "rename", "link", "chmod"):
                 self.written.pop(record.path, None)
                 self.written[record.path] = record.ts_ns
@@ -176,12 +177,8 @@ class ProcessTable:
                     self.written.popitem(last=False)
             return file_event(record, self)
         if isinstance(record, NetActivity):
-            from .network import network_event
-
             return network_event(record, self)
         if isinstance(record, SecurityCall):
-            from .security import security_event
-
             target = record.args[1] & 0xFFFFFFFF
             if record.syscall == "ptrace" and record.args[0] and target in self.sensor_pids:
                 # the security programs stand in for the process object's ptrace hook (see watch_ptrace)

@@ -4,6 +4,7 @@ Documented in docs/schema.md; bump SCHEMA_VERSION on any change a reader could n
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import time
@@ -47,7 +48,12 @@ def unescape(s: str) -> bytes:
 def rfc3339(unix_ns: int) -> str:
     """`@timestamp`: UTC with nanoseconds, e.g. 2026-11-24T23:38:01.123456789Z."""
     secs, ns = divmod(unix_ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{ns:09d}Z"
+    return f"{_utc_seconds(secs)}.{ns:09d}Z"
+
+
+@functools.lru_cache(maxsize=4096)  # events come in bursts within a second; processes' starts repeat
+def _utc_seconds(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
 
 
 def parse_time(value: str) -> int:

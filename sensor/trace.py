@@ -21,6 +21,7 @@ from .host import Host
 from .processes import ProcessTable
 from .records import ProcessExec, ProcessExit, ProcessFork
 from .schema import Stamper, exit_fields, rfc3339, text
+from .shutdown import StopFlag, stop_on
 from .tracefile import Comms, Spill, TraceWriter
 
 # after a batch smaller than this, wait this long before reading again
@@ -244,7 +245,7 @@ class TraceSession:
         if pid:
             self.exit_code = exit_fields(status)["exit_code"]
 
-    def run(self, stop: threading.Event) -> int:
+    def run(self, stop: StopFlag | threading.Event) -> int:
         ep = select.epoll()
         for s in self._sources:
             ep.register(s.fileno(), select.EPOLLIN)
@@ -383,8 +384,7 @@ class Progress:
 
 def run(opts: TraceOptions) -> int:
     session = TraceSession(opts)
-    stop = threading.Event()
-    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stop, handlers = stop_on((signal.SIGINT, signal.SIGTERM))
     try:
         try:
             session.start()

@@ -148,3 +148,43 @@ def test_backend_psutil_loads_no_ebpf(start_sensor, tmp_path):
     assert "network" not in health and "security" not in health
     assert {e["event"]["module"] for e in s.events(event__dataset="process")} == {"psutil"}
     assert {e["event"]["module"] for e in s.events(event__dataset="file")} == {"watchdog"}
+
+
+@pytest.mark.parametrize("command", ["run", "trace"])
+def test_a_burst_of_signals_still_stops_cleanly(tmp_path, command):
+    """Signals that arrive while the handler is still handling the last one (seen: timeout
+    forwarding a SIGINT that pkill had sent too) must not deadlock the stop."""
+    import signal
+
+    if command == "run":
+        argv = ["run", "--data-dir", str(tmp_path / "d"), "--console", "off", "--rules", "none"]
+        ready = "Ctrl-C stops"
+    else:
+        argv = ["trace", "-o", str(tmp_path / "t"), "--", "/bin/sh", "-c", "exec sleep 30 </dev/null >/dev/null 2>&1"]
+        ready = "tracing pids"
+    log = tmp_path / "stderr"
+    with open(log, "wb") as err:
+        p = subprocess.Popen([sys.executable, "-m", "sensor", *argv], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+    try:
+        wait_for(lambda: ready in log.read_text(errors="replace"), timeout=30, what="the sensor to start")
+        end = time.monotonic() + 0.5
+        while time.monotonic() < end and p.poll() is None:
+            for _ in range(200):
+                try:
+                    os.kill(p.pid, signal.SIGINT)
+                except ProcessLookupError:
+                    break
+        assert p.wait(30) in (0, 128 + signal.SIGINT), log.read_text(errors="replace")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        if command == "trace":  # the traced command is left running, as strace leaves it
+            import re
+
+            m = re.search(r"tracing pids (\d+)", log.read_text(errors="replace"))
+            if m:
+                try:
+                    os.kill(int(m.group(1)), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

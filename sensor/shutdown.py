@@ -1,0 +1,33 @@
+"""Stopping on a signal: a flag that a signal handler can set safely.
+
+A threading.Event takes a lock in set(). A second signal that arrives while the handler is still
+inside set() runs the handler again, nested in the same thread, which then waits forever on that
+lock (seen: `timeout` forwarding a SIGINT that pkill had also sent). And a flood of signals nests
+handlers until Python's recursion limit. So the first signal sets a plain flag and ignores the
+rest: the stop (draining the kernel buffers, closing every file) is under way already."""
+from __future__ import annotations
+
+import signal
+
+
+class StopFlag:
+    def __init__(self):
+        self._set = False
+
+    def set(self):
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
+def stop_on(signals: tuple[int, ...]) -> tuple[StopFlag, dict]:
+    """A StopFlag that the first of these signals sets; returns it and the handlers it replaced."""
+    stop = StopFlag()
+
+    def handler(signum, frame):
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        stop.set()
+
+    return stop, {s: signal.signal(s, handler) for s in signals}
