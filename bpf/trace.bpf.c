@@ -51,6 +51,7 @@ struct {
 	__type(value, struct pending);
 } pending SEC(".maps");
 
+/* Finished records waiting to reach the ring together (struct trace_batch in sensor.h). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
