@@ -132,7 +132,8 @@ class TraceSession:
         if opts.park != "never":
             self.spill = Spill(opts.out / ".syscalls.spill", self.syscalls.dtype)
         self.parking = opts.park == "always"
-        self._pace_mark = (time.monotonic(), 0, _cpu_idle_total())
+        # since when records are counted for pacing, how many, and the CPU times then
+        self._pace_since, self._pace_read, self._pace_cpu = time.monotonic(), 0, _cpu_idle_total()
         traced = self.procs.traced()
         now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         for tgid in tgids:
@@ -194,8 +195,7 @@ class TraceSession:
                 print(f"sensor trace: cannot park records in {self.spill.path} ({exc.strerror}); "
                       "encoding them as they come", file=sys.stderr)
                 self._unpark()
-                self.spill.close()
-                self.spill = None
+                self._drop_spill()
         self._encode(batch)
         return len(batch)
 
@@ -214,20 +214,26 @@ class TraceSession:
             n += len(part)
         return n
 
+    def _drop_spill(self):
+        """Closes and removes the park file; its peak stays for metadata.json."""
+        if self.spill is not None:
+            self.spill_peak_bytes = self.spill.peak_bytes
+            self.spill.close()
+            self.spill = None
+
     def _pace(self, read: int):
         """After each read: park or encode, by how busy the CPUs are; or let records gather."""
         now = time.monotonic()
-        t0, n0, (idle0, total0) = self._pace_mark
-        self._pace_mark = (t0, n0 + read, (idle0, total0))
-        if now - t0 >= 0.1 and self.opts.park == "auto":
-            idle, total = _cpu_idle_total()
-            busy_idle = (idle - idle0) / max(total - total0, 1e-9)
-            rate = (n0 + read) / (now - t0)
-            if busy_idle < PARK_IDLE and rate >= PARK_RATE:
+        self._pace_read += read
+        if now - self._pace_since >= 0.1 and self.opts.park == "auto":
+            cpu = _cpu_idle_total()
+            idle = (cpu[0] - self._pace_cpu[0]) / max(cpu[1] - self._pace_cpu[1], 1e-9)
+            rate = self._pace_read / (now - self._pace_since)
+            if idle < PARK_IDLE and rate >= PARK_RATE:
                 self.parking = True
-            elif busy_idle > UNPARK_IDLE:
+            elif idle > UNPARK_IDLE:
                 self.parking = False
-            self._pace_mark = (now, 0, (idle, total))
+            self._pace_since, self._pace_read, self._pace_cpu = now, 0, cpu
         if not self.parking and self.spill is not None and len(self.spill):
             self._unpark(self.writer.row_group)  # a row group at a time, then back to the ring
         elif read < LINGER_RECORDS:
@@ -299,9 +305,7 @@ class TraceSession:
         self._reap()
         end_ns = time.time_ns()
         self._unpark()
-        if self.spill is not None:
-            self.spill_peak_bytes = self.spill.peak_bytes
-            self.spill.close()
+        self._drop_spill()
         self.writer.flush(self.comms)
         self.writer.close(self.metadata(end_ns))
         self._final_lost = self.lost()
@@ -312,8 +316,7 @@ class TraceSession:
         """Undo a start that failed half way: nothing stays loaded, no child is left stopped."""
         for s in self._sources:
             s.close()
-        if self.spill is not None:
-            self.spill.close()
+        self._drop_spill()
         if self.child is not None:
             os.kill(self.child, signal.SIGKILL)
             self._reap(block=True)

@@ -89,6 +89,9 @@ syscall_args_event = np.dtype(_SYSCALL + [
     ("addr", f"V{TRACE_ADDR_MAX}"),
 ])
 
+# The traced set as a bitmap (trace_bits in bpf/lib/common.h): one bit per possible tgid (PID_MAX_LIMIT).
+TRACE_BITS_WORDS = 4194304 // 64
+
 # A per-CPU batch of syscall records (bpf/sensor.h): what the kernel holds back when tracing stops.
 TRACE_BATCH, TRACE_BATCH_ARGS, TRACE_BATCH_BYTES = 64, 16, 11776
 trace_batch = np.dtype([("n", "<u4"), ("_pad", "<u4"), ("recs", f"V{TRACE_BATCH_BYTES}")])

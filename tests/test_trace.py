@@ -178,7 +178,10 @@ def test_calls_that_sleep_or_change_cpu(tmp_path):
     assert len(busy) == 6, {tid: Counter(c["syscall"] for c in calls) for tid, calls in workers.items()}
     for calls in busy.values():
         sleeps = [c for c in calls if c["syscall"] == "clock_nanosleep"]
-        assert len(sleeps) == 60 and all(c["ret"] == 0 and c["duration_ns"] >= 2_000_000 for c in sleeps)
+        # Python sleeps to an absolute deadline set just before the call: a call can take a little
+        # less than the 2 ms asked for (seen: 1.97 ms), never much less
+        bad = [(c["ret"], c["duration_ns"]) for c in sleeps if not (c["ret"] == 0 and c["duration_ns"] >= 1_500_000)]
+        assert len(sleeps) == 60 and not bad, bad
         (read,) = [c for c in calls if c["syscall"] == "read" and c["ret"] == 5]
         assert read["duration_ns"] >= 1_000_000
     assert per_tid_ordered(rows)

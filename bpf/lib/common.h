@@ -65,8 +65,7 @@ static __always_inline bool is_traced(__u32 tgid)
 /* The same set as a bitmap over tgids, tested on every syscall instead of the hash (measured:
  * a hash lookup per call costs about 45 ns, a word of an array next to nothing). The hash stays
  * the truth: trace.bpf.c sets a tgid's bit the first time it finds the tgid there, and the exit
- * program clears it. Sized by trace mode (PID_MAX_LIMIT / 64 words); one unused word otherwise. */
-#define TRACE_BITS_WORDS (4194304 / 64)
+ * program clears it. Sized by trace mode (wire.TRACE_BITS_WORDS); one unused word otherwise. */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

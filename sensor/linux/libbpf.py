@@ -315,9 +315,4 @@ class Map:
 
     def percpu_u64(self, key: int) -> list[int]:
         """Every CPU's u64 value at `key` of a per-CPU array."""
-        ncpu = lib().libbpf_num_possible_cpus()
-        values = (ctypes.c_uint64 * ncpu)()
-        k = ctypes.c_uint32(key)
-        if lib().bpf_map_lookup_elem(self.fd, ctypes.byref(k), values):
-            raise BpfLoadError(f"map lookup failed: {os.strerror(_err())}")
-        return list(values)
+        return [int.from_bytes(v[:8], "little") for v in self.percpu_values(key)]

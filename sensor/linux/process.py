@@ -99,9 +99,6 @@ def _decode_exec(raw: bytes) -> ProcessExec:
     )
 
 
-TRACE_BITS_WORDS = 4194304 // 64  # one bit per possible tgid (PID_MAX_LIMIT)
-
-
 class ProcessSource(RingSource):
     """Loads and attaches the process programs; `poll` returns decoded records."""
 
@@ -129,7 +126,7 @@ class ProcessSource(RingSource):
                         rodata={"wakeup_bytes": self.wakeup_bytes, "trace_threads": self.threads,
                                 "only_traced": self.only_traced, "follow_forks": self.follow_forks},
                         max_entries={"events": self.ring_buffer_bytes,
-                                     "trace_bits": TRACE_BITS_WORDS if self.only_traced else 1})
+                                     "trace_bits": wire.TRACE_BITS_WORDS if self.only_traced else 1})
         def attach(o):
             core = ["handle_exec", "handle_fork", "handle_exit", "handle_signal"]
             self._lsm = self._load_lsm(o)
