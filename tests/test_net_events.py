@@ -277,6 +277,8 @@ def test_connect_storm_loses_no_state_change(sensor, tmp_path):
     srv.listen(4096)
     port = srv.getsockname()[1]
 
+    accepted = []
+
     def serve():
         while True:
             try:
@@ -284,11 +286,14 @@ def test_connect_storm_loses_no_state_change(sensor, tmp_path):
             except OSError:
                 return
             c.close()
+            accepted.append(1)
 
     threading.Thread(target=serve, daemon=True).start()
     try:
         p = subprocess.run([str(storm), str(port), "10000"], capture_output=True, text=True, timeout=120)
         assert p.returncode == 0, p.stderr
+        # the storm is done once it has connected: this end may still be accepting its backlog
+        wait_for(lambda: len(accepted) == 10000, timeout=60, what="every connection accepted")
         assert sensor.stop() == 0
     finally:
         srv.close()
