@@ -30,6 +30,7 @@ OPTIONS: dict[str, tuple] = {
     "notifiers": (str, None, "YAML file of alert notifiers (webhook, telegram, email)"),
     "response_policy": (str, None, "YAML response policies (kill, kill-tree, block-exec, none)"),
     "rules": (str, "builtin", "Sigma rules: builtin, none, or comma-separated files/dirs (builtin may be one)"),
+    "rules_skip_invalid": (bool, False, "start even when a rule file is malformed, invalid Sigma or names an unknown field: such rules are logged, counted in sensor.health and skipped (default: refuse to start)"),
     "metrics.enabled": (bool, True, "sample host resources (CPU, memory, disks, network, sensors)"),
     "metrics.interval": (float, 1.0, "seconds between host.metrics samples"),
     "files.enabled": (bool, True, "report file changes under the watched paths"),

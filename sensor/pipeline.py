@@ -93,7 +93,7 @@ def _items(spec: str | None) -> list[str]:
     return [x.strip() for x in (spec or "").split(",") if x.strip()]
 
 
-def load_rules(spec: str):
+def load_rules(spec: str, skip_invalid: bool = False):
     """The RuleSet named by the `rules` option, or None for `none`."""
     items = [x.strip() for x in spec.split(",") if x.strip()]
     if not items or items == ["none"]:
@@ -104,7 +104,7 @@ def load_rules(spec: str):
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"rules: no such file or directory: {', '.join(missing)}")
-    rules = RuleSet.load(paths)
+    rules = RuleSet.load_for_run(paths, skip_invalid)
     log.info("loaded %d Sigma rules (%d unsupported or broken, see warnings)", len(rules.rules),
              sum(r.status != "ok" for r in rules.reports))
     return rules
@@ -143,7 +143,7 @@ class Pipeline:
 
             self.csv = CsvSink(Path(cfg["data_dir"]) / "csv", **cfg.section("csv"))
             self.sinks.append(self.csv.write)
-        self.rules = load_rules(cfg["rules"])
+        self.rules = load_rules(cfg["rules"], cfg["rules_skip_invalid"])
         self.hasher = None
         if cfg["files.enabled"] and cfg["files.hash"]:
             from .filehash import ExecutableHasher
@@ -232,6 +232,7 @@ class Pipeline:
             "rss_bytes": self._proc.memory_info().rss,
             **({"notify": dict(self.notifier.stats)} if self.notifier is not None else {}),
             **({"hashes": dict(self.hasher.stats)} if self.hasher is not None else {}),
+            **({"rules": self.rules.stats()} if self.rules is not None else {}),
         }
 
     def emit_health(self, final: bool = False) -> dict:

@@ -15,6 +15,7 @@ from sigma.collection import SigmaCollection
 from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
+from .errors import ConfigError
 from .schema import get
 
 log = logging.getLogger("sensor.rules")
@@ -94,6 +95,14 @@ class Unsupported(Exception):
     """A rule uses something the evaluator cannot honour; the message says what."""
 
 
+class UnknownField(Unsupported):
+    """A field no event of the rule's category fills: a mistake in a user's rule, not a missing feature."""
+
+
+class RuleError(ConfigError):
+    """A rule file given to `sensor run` is malformed, invalid Sigma, or names an unknown field."""
+
+
 @dataclass
 class Rule:
     id: str
@@ -116,6 +125,7 @@ class Report:
     title: str | None
     status: str  # ok, unsupported, error
     reason: str = ""
+    invalid: bool = False  # the rule is wrong (not just beyond this sensor): `sensor run` refuses it
 
 
 def _string(v: st.SigmaString, anywhere: bool = False) -> Callable[[object], bool]:
@@ -192,7 +202,7 @@ def _field(name: str, fields: dict) -> Callable[[dict], object]:
     """A getter on the flat view of an event (see RuleSet.match)."""
     path = fields.get(name)
     if path is None:
-        raise Unsupported(f"field {name!r} has no source in this sensor's events")
+        raise UnknownField(f"field {name!r} has no source in this sensor's events")
     if name == "Initiated":  # Sysmon's Initiated=true is an outbound connection
         return lambda f: "true" if f[path] == "egress" else "false"
     return lambda f: f[path]
@@ -299,6 +309,7 @@ def _files(paths) -> list[Path]:
 class RuleSet:
     def __init__(self, rules: list[Rule], reports: list[Report]):
         self.rules, self.reports = rules, reports
+        self.skipped_invalid = 0
         self.by_category: dict[str, list[Rule]] = {}
         self.paths: dict[str, set[str]] = {}  # per category: every schema field its rules read
         for r in rules:
@@ -312,14 +323,20 @@ class RuleSet:
         for path in _files(paths):
             try:
                 collection = SigmaCollection.from_yaml(path.read_text(), collect_errors=True)
-            except (OSError, SigmaError, ValueError, yaml.YAMLError) as exc:
-                reports.append(Report(str(path), None, None, "error", str(exc).splitlines()[0]))
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}" if mark else ""
+                reason = f"invalid YAML{where}: {getattr(exc, 'problem', None) or str(exc).splitlines()[0]}"
+                reports.append(Report(str(path), None, None, "error", reason, invalid=True))
+                continue
+            except (OSError, SigmaError, ValueError) as exc:
+                reports.append(Report(str(path), None, None, "error", str(exc).splitlines()[0], invalid=True))
                 continue
             for item in collection:
                 rid, title = str(getattr(item, "id", "") or "") or None, getattr(item, "title", None)
                 errors = getattr(item, "errors", [])
                 if errors:
-                    reports.append(Report(str(path), rid, title, "error", str(errors[0])))
+                    reports.append(Report(str(path), rid, title, "error", str(errors[0]), invalid=True))
                     continue
                 if not isinstance(item, SigmaRule):
                     reports.append(Report(str(path), rid, title, "unsupported", f"{type(item).__name__} (correlation)"))
@@ -327,12 +344,36 @@ class RuleSet:
                 try:
                     rules.append(compile_rule(item, str(path)))
                     reports.append(Report(str(path), rid, title, "ok"))
-                except (Unsupported, SigmaError) as exc:
-                    reports.append(Report(str(path), rid, title, "unsupported", str(exc)))
+                except (Unsupported, SigmaError) as exc:  # a SigmaError here: e.g. an undefined selection
+                    reports.append(Report(str(path), rid, title, "unsupported", str(exc),
+                                          invalid=isinstance(exc, (UnknownField, SigmaError))))
         for r in reports:
             if r.status != "ok":
                 log.warning("rule %s (%s): %s: %s", r.title or "?", r.path, r.status, r.reason)
         return cls(rules, reports)
+
+    @classmethod
+    def load_for_run(cls, paths, skip_invalid: bool = False) -> "RuleSet":
+        """The rules `sensor run` starts with: an invalid rule is an error, like a bad config,
+        unless `skip_invalid` (then it is logged and counted). Unsupported features still skip."""
+        rules = cls.load(paths)
+        bad = [r for r in rules.reports if r.invalid]
+        if bad and not skip_invalid:
+            r = bad[0]
+            more = f" (and {len(bad) - 1} more invalid rules)" if len(bad) > 1 else ""
+            raise RuleError(f"{r.path}: rule {r.title or '?'!r}: {r.reason}{more}",
+                            hint="fix it, or start without it with --rules-skip-invalid; "
+                                 "`sensor rules check PATH` lists every rule")
+        for r in bad:
+            log.warning("rules: skipped invalid rule %r (%s): %s", r.title or "?", r.path, r.reason)
+        rules.skipped_invalid = len(bad)
+        return rules
+
+    def stats(self) -> dict:
+        """For sensor.health: rules running, and those left out at load."""
+        return {"loaded": len(self.rules), "unsupported": sum(r.status == "unsupported" and not r.invalid
+                                                             for r in self.reports),
+                "skipped_invalid": self.skipped_invalid}
 
     def match(self, event: dict) -> list[Rule]:
         cat = category_of(event)

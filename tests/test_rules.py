@@ -175,12 +175,43 @@ def test_real_behaviour_raises_the_right_alerts(start_sensor, tmp_path):
     assert replayed == fired
 
 
-def test_broken_rule_file_does_not_stop_the_sensor(start_sensor, tmp_path):
-    (tmp_path / "rules").mkdir()
-    (tmp_path / "rules" / "broken.yml").write_text("title: [\n")
-    rule_file(tmp_path / "rules", "echo_marker", {"sel": {"CommandLine|contains": "marker-3b1f"}, "condition": "sel"})
-    s = start_sensor("--rules", str(tmp_path / "rules"))
+def _bad_rules(d: Path) -> dict[str, str]:
+    """One rule file per way a user's rule can be wrong -> what the error must say."""
+    d.mkdir(exist_ok=True)
+    (d / "broken.yml").write_text("title: broken\ndetection: [unclosed\n")
+    rule_file(d, "badmod", {"sel": {"CommandLine|nosuchmodifier": "x"}, "condition": "sel"})
+    rule_file(d, "nofield", {"sel": {"Hashes|contains": "MD5="}, "condition": "sel"})
+    rule_file(d, "undefined", {"sel": {"CommandLine": "x"}, "condition": "sel and nothere"})
+    return {"broken": "invalid YAML at line 3", "badmod": "nosuchmodifier", "nofield": "Hashes",
+            "undefined": "nothere"}
+
+
+def test_invalid_rule_refuses_to_start(tmp_path):
+    for name, reason in _bad_rules(tmp_path / "bad").items():
+        path = tmp_path / "bad" / f"{name}.yml"
+        # --duration: a sensor that wrongly starts ends by itself
+        r = subprocess.run([sys.executable, "-m", "sensor", "run", "--data-dir", str(tmp_path / "data"),
+                            "--console", "off", "--no-metrics-enabled", "--duration", "1", "--rules", f"builtin,{path}"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert r.returncode == 2, (name, r.returncode, r.stderr[-2000:])
+        err = [line for line in r.stderr.splitlines() if line.startswith("sensor: error:")]
+        assert len(err) == 1 and "Ctrl-C stops" not in r.stderr, r.stderr[-2000:]
+        assert str(path) in err[0] and reason in err[0] and "--rules-skip-invalid" in err[0], err[0]
+        assert f"rule '{'?' if name == 'broken' else name}'" in err[0], err[0]
+
+
+def test_skip_invalid_starts_logs_and_counts(start_sensor, tmp_path):
+    rules = tmp_path / "rules"
+    bad = _bad_rules(rules)
+    rule_file(rules, "echo_marker", {"sel": {"CommandLine|contains": "marker-3b1f"}, "condition": "sel"})
+    win = rule_file(rules, "win", {"sel": {"Image|endswith": "\\cmd.exe"}, "condition": "sel"})
+    win.write_text(win.read_text().replace("product: linux", "product: windows"))  # unsupported, not invalid
+    s = start_sensor("--rules", str(rules), "--rules-skip-invalid", "--no-metrics-enabled")
     subprocess.run(["/bin/echo", "marker-3b1f"], stdout=subprocess.DEVNULL)
     assert s.stop() == 0
     assert [a["rule"]["name"] for a in s.events(event__kind="alert", event__module="sigma")] == ["echo_marker"]
-    assert "broken.yml" in s.stderr()
+    skipped = [line for line in s.stderr().splitlines() if "skipped invalid rule" in line]
+    assert sorted(n for n in bad if any(f"{n}.yml" in line for line in skipped)) == sorted(bad), skipped
+    health = s.events(event__dataset="sensor.health")
+    assert health and health[-1]["sensor"]["health"]["final"]
+    assert health[-1]["sensor"]["health"]["rules"] == {"loaded": 1, "unsupported": 1, "skipped_invalid": 4}
