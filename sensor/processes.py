@@ -7,15 +7,15 @@ import logging
 import os
 import pwd
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from functools import lru_cache
 
 import psutil
 
 from .host import NS_PER_TICK, Host, start_ticks
-from .records import (UNSET_ID, FileActivity, NetActivity, ProcessExec, ProcessExit, ProcessFork, SecurityCall,
-                      Tamper)
-from .files import file_event
+from .records import (UNSET_ID, BlockedOpen, FileActivity, NetActivity, ProcessExec, ProcessExit, ProcessFork,
+                      SecurityCall, Tamper)
+from .files import file_event, kernel_dev, path_fields
 from .network import network_event
 from .schema import exit_fields, rfc3339, text
 from .security import security_event
@@ -40,21 +40,33 @@ def group_name(gid: int) -> str | None:
 
 
 def _ids(uid: int | None) -> dict:
-    if uid is None:
-        return {}
+    return dict(_user(uid)) if uid is not None else {}  # a copy: events add to it (user.audit)
+
+
+def _gids(gid: int | None) -> dict:
+    return dict(_group(gid)) if gid is not None else {}
+
+
+@lru_cache(maxsize=1024)
+def _user(uid: int) -> dict:
     name = user_name(uid)
     return {"id": str(uid), "name": name} if name else {"id": str(uid)}
 
 
-def _gids(gid: int | None) -> dict:
-    if gid is None:
-        return {}
+@lru_cache(maxsize=1024)
+def _group(gid: int) -> dict:
     name = group_name(gid)
     return {"id": str(gid), "name": name} if name else {"id": str(gid)}
 
 
+_NOTHING: frozenset = frozenset()
+
+
 @dataclass(slots=True)
 class Proc:
+    """One process. Its image and ids change only through set_image/set_ids, which rebuild the
+    cached `process.*` fields every event of it repeats (each exec makes three events, and each
+    names its parent too)."""
     pid: int
     start_ns: int
     entity_id: str
@@ -70,47 +82,76 @@ class Proc:
     euid: int | None = None
     gid: int | None = None
     egid: int | None = None
-    escaped: set[str] = field(default_factory=set)  # of: executable, args, cwd
-    truncated: set[str] = field(default_factory=set)
+    escaped: frozenset[str] = _NOTHING  # of: executable, args, working_directory
+    truncated: frozenset[str] = _NOTHING
+    _short: dict | None = None  # the image fields of ecs(full=False), and of ecs()
+    _full: dict | None = None
+    _start: str | None = None
 
-    def set_image(self, executable, args: list, cwd, truncated=frozenset()):
-        self.escaped, self.truncated = set(), set(truncated)
-        self.executable = self._text("executable", executable)
+    def set_image(self, executable, args: list, cwd, truncated=_NOTHING, args_count: int | None = None):
+        escaped: set[str] = set()
+        self.executable = _text(escaped, "executable", executable)
         self.name = os.path.basename(self.executable) if self.executable else None
-        self.args = [self._text("args", a) for a in args]
+        self.args = [_text(escaped, "args", a) for a in args]
+        self.args_count = len(self.args) if args_count is None else args_count
         self.command_line = " ".join(self.args)
-        self.cwd = self._text("working_directory", cwd)
+        self.cwd = _text(escaped, "working_directory", cwd)
+        self.escaped, self.truncated = frozenset(escaped), frozenset(truncated)
+        self._short = self._full = None
 
-    def _text(self, name: str, raw):
-        if raw is None:
-            return None
-        s, escaped = text(raw)
-        if escaped:
-            self.escaped.add(name)
-        return s
+    def set_ids(self, uid, euid, gid, egid):
+        self.uid, self.euid, self.gid, self.egid = uid, euid, gid, egid
+        self._full = None
+
+    def child(self, pid: int, start_ns: int, entity_id: str) -> "Proc":
+        """The process a fork makes: this image until it execs, its own identity."""
+        return Proc(pid, start_ns, entity_id, self.pid, self.entity_id, self.executable, self.name, self.args,
+                    self.args_count, self.command_line, self.cwd, self.uid, self.euid, self.gid, self.egid,
+                    self.escaped, self.truncated, self._short, self._full)
 
     def ecs(self, host: Host, full: bool = True) -> dict:
-        d = {"pid": self.pid, "entity_id": self.entity_id, "start": rfc3339(host.unix_ns(self.start_ns))}
-        for key, value in (("executable", self.executable), ("name", self.name),
-                           ("args", self.args), ("args_count", self.args_count),
-                           ("command_line", self.command_line)):
-            if value is not None:
-                d[key] = value
-        if full:
+        """`process.*` of an event: a new dict each time (callers add to it), sharing the
+        cached values."""
+        if self._start is None:
+            self._start = rfc3339(host.unix_ns(self.start_ns))
+        image = self._full_fields() if full else self._short_fields()
+        return {"pid": self.pid, "entity_id": self.entity_id, "start": self._start, **image}
+
+    def _short_fields(self) -> dict:
+        if self._short is None:
+            self._short = {k: v for k, v in (("executable", self.executable), ("name", self.name),
+                                             ("args", self.args), ("args_count", self.args_count),
+                                             ("command_line", self.command_line)) if v is not None}
+        return self._short
+
+    def _full_fields(self) -> dict:
+        if self._full is None:
+            d = dict(self._short_fields())
             if self.cwd is not None:
                 d["working_directory"] = self.cwd
             if self.uid is not None:
-                d["real_user"] = _ids(self.uid)
-                d["user"] = _ids(self.euid)
-                d["real_group"] = _gids(self.gid)
-                d["group"] = _gids(self.egid)
-        return d
+                d["real_user"], d["user"] = _user(self.uid), _user(self.euid)
+                d["real_group"] = _group(self.gid) if self.gid is not None else {}
+                d["group"] = _group(self.egid) if self.egid is not None else {}
+            self._full = d
+        return self._full
 
-    def flagged(self, prefix: str, which: set[str]) -> list[str]:
+    def flagged(self, prefix: str, which) -> list[str]:
+        if not which:
+            return []
         fields = sorted(which)
         if "args" in which:
             fields.append("command_line")
         return [f"{prefix}.{f}" for f in fields]
+
+
+def _text(escaped: set, name: str, raw):
+    if raw is None:
+        return None
+    s, was_escaped = text(raw)
+    if was_escaped:
+        escaped.add(name)
+    return s
 
 
 class ProcessTable:
@@ -141,11 +182,8 @@ class ProcessTable:
             if ppid_ticks is not None:
                 proc.parent_entity_id = self.host.entity_id(proc.ppid, ppid_ticks * NS_PER_TICK)
             proc.set_image(info["exe"] or None, info["cmdline"] or [], info["cwd"])
-            proc.args_count = len(proc.args)
-            if info["uids"]:
-                proc.uid, proc.euid = info["uids"].real, info["uids"].effective
-            if info["gids"]:
-                proc.gid, proc.egid = info["gids"].real, info["gids"].effective
+            uids, gids = info["uids"], info["gids"]
+            proc.set_ids(uids and uids.real, uids and uids.effective, gids and gids.real, gids and gids.effective)
             self.live[proc.pid] = proc
         return len(self.live)
 
@@ -169,6 +207,8 @@ class ProcessTable:
             return self.on_exit(record)
         if isinstance(record, Tamper):
             return self.on_tamper(record)
+        if isinstance(record, BlockedOpen):
+            return self.on_blocked(record)
         if isinstance(record, FileActivity):
             if record.op in ("create", "write", "rename", "link", "chmod"):
                 self.written.pop(record.path, None)
@@ -237,13 +277,12 @@ class ProcessTable:
         self.live[r.pid] = proc
         proc.ppid = r.ppid
         proc.parent_entity_id = self.host.entity_id(r.ppid, r.parent_start_ns)
-        proc.uid, proc.euid, proc.gid, proc.egid = r.uid, r.euid, r.gid, r.egid
+        proc.set_ids(r.uid, r.euid, r.gid, r.egid)
         exe = r.executable
         if not exe:  # no mm->exe_file (rare): fall back to the name passed to execve
             exe = r.filename if r.filename.startswith(b"/") or r.cwd is None else r.cwd.rstrip(b"/") + b"/" + r.filename
         trunc = {"working_directory" if t == "cwd" else t for t in r.truncated if t != "filename"}
-        proc.set_image(exe, list(r.args), r.cwd, trunc)
-        proc.args_count = r.argc
+        proc.set_image(exe, r.args, r.cwd, trunc, r.argc)
         event = self._event("exec", ["start"], proc, r.ppid, r.parent_start_ns, r.tid)
         if r.filename != (r.executable or b""):  # a script, or a path through a symlink
             event["process"]["filename"], escaped = text(r.filename)
@@ -263,6 +302,25 @@ class ProcessTable:
             event.setdefault("sensor", {})["blocked"] = True
         return event
 
+    def on_blocked(self, r: BlockedOpen) -> dict:
+        """A process the kernel killed as it opened a blocked file: a blocked script's run (its
+        interpreter opening it), denied as a blocked binary's exec is, naming the file."""
+        proc = self.find(r.pid, r.start_ns)
+        if proc is None:
+            proc = self._new(r.pid, r.start_ns)
+            proc.name = text(r.comm)[0]
+        event = self._event("exec", ["start", "denied"], proc, proc.ppid, None, r.tid)
+        event["event"]["outcome"] = "failure"
+        escaped: list[str] = []
+        event["file"] = {**path_fields(r.path, "file", escaped), "inode": str(r.ino), "device": kernel_dev(r.dev)}
+        flags = event.setdefault("sensor", {})
+        flags["blocked"] = True
+        if escaped:
+            flags.setdefault("escaped", []).extend(escaped)
+        if r.truncated:
+            flags.setdefault("truncated", []).append("file.path")
+        return event
+
     def _script_written(self, r: ProcessExec) -> bool:
         if not self.written or not r.filename:
             return False
@@ -275,12 +333,12 @@ class ProcessTable:
             proc = parent or self._new(r.pid, r.parent_start_ns)
             event = self._event("thread-start", ["start"], proc, None, None, r.child_tid)
             return event
-        ids = dict(pid=r.child_pid, start_ns=r.start_ns, entity_id=self.host.entity_id(r.child_pid, r.start_ns),
-                   ppid=r.pid, parent_entity_id=self.host.entity_id(r.pid, r.parent_start_ns))
+        entity_id = self.host.entity_id(r.child_pid, r.start_ns)
         if parent:  # the child runs its parent's image until it execs
-            child = replace(parent, **ids, escaped=set(parent.escaped), truncated=set(parent.truncated))
+            child = parent.child(r.child_pid, r.start_ns, entity_id)
         else:
-            child = Proc(**ids, name=text(r.comm)[0], uid=r.uid, euid=r.uid)
+            child = Proc(r.child_pid, r.start_ns, entity_id, r.pid, self.host.entity_id(r.pid, r.parent_start_ns),
+                         name=text(r.comm)[0], uid=r.uid, euid=r.uid)
         self.live[r.child_pid] = child
         return self._event("fork", ["start"], child, r.pid, r.parent_start_ns, r.child_tid)
 
