@@ -356,4 +356,16 @@ struct trace_batch {
 _Static_assert(TRACE_BATCH_BYTES == TRACE_BATCH_ARGS * sizeof(struct syscall_args_event) &&
 	       TRACE_BATCH_BYTES >= TRACE_BATCH * sizeof(struct syscall_event), "trace batch size");
 
+/* A batch the ring refused waits in a queue all CPUs share (trace.bpf.c's `held`), in order,
+ * and goes to the ring before any newer batch; a record is lost only when the queue is full.
+ * User space reads what still waits there after detach. */
+enum trace_held_limits {
+	TRACE_HELD = 256, /* queue slots: a power of two */
+};
+
+struct trace_held {
+	__u64 turn; /* 2 * lap: free for the batch of lap (position / TRACE_HELD); + 1: holds it */
+	struct trace_batch batch;
+};
+
 #endif /* __SENSOR_H */

@@ -59,6 +59,24 @@ struct {
 	__type(value, struct trace_batch);
 } batch SEC(".maps");
 
+/* Batches the ring refused, oldest first (struct trace_held in sensor.h). One queue for all CPUs:
+ * a thread whose records wait here may already run on another CPU, so while anything waits,
+ * every CPU queues its batches behind it and a thread's records still reach the ring in order. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, TRACE_HELD);
+	__type(key, __u32);
+	__type(value, struct trace_held);
+} held SEC(".maps");
+
+/* Queue positions: the batches from held_head to held_tail wait. Only the CPU that holds
+ * held_sending sends them and moves held_head; held_tail is claimed with compare-and-swap. */
+__u64 held_head, held_tail, held_sending;
+
+#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
+#define HOLD_TRIES 64 /* claims lost to other CPUs before a batch counts as lost: a CPU's bound */
+#define DRAIN_MAX 16  /* batches one program run sends from the queue: bounds a task switch's delay */
+
 struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -88,23 +106,88 @@ static __always_inline __u16 read_addr(__u8 *dst, __u64 ptr, __u64 len)
 	return len;
 }
 
-static __always_inline void flush(struct trace_batch *b)
+/* Sends n records as one ring record. A refusal with room left in the ring is 6.18's ring lock
+ * giving up for a moment: tried again, up to `tries` times in all; a full ring fails at once. */
+static __always_inline bool output(void *recs, __u32 n, int tries)
 {
 	__u64 size = with_args ? sizeof(struct syscall_args_event) : sizeof(struct syscall_event);
-	__u64 flags = submit_flags(), bytes = (__u64)b->n * size;
-	long err = -1;
+	__u64 flags = submit_flags(), bytes = (__u64)n * size;
 
-	if (!bytes)
-		return;
-	for (int i = 0; i < RESERVE_TRIES && err; i++) {
+	for (int i = 0; i < tries; i++) {
 		barrier_var(bytes); /* bound it next to the call: the verifier must see it */
-		if (bytes > TRACE_BATCH_BYTES)
-			break;
-		err = bpf_ringbuf_output(&events, b->recs, bytes, flags);
+		if (!bytes || bytes > TRACE_BATCH_BYTES)
+			return false;
+		if (!bpf_ringbuf_output(&events, recs, bytes, flags))
+			return true;
+		if (bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) + bytes + BPF_RINGBUF_HDR_SZ >=
+		    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE))
+			return false;
 	}
-	if (err)
-		count_lost_n(EVENT_SYSCALL, b->n);
+	return false;
+}
+
+/* Queues a batch behind those already waiting; counted lost when the queue is full. */
+static __always_inline void hold(struct trace_batch *b)
+{
+	__u64 size = with_args ? sizeof(struct syscall_args_event) : sizeof(struct syscall_event);
+	__u64 bytes = sizeof(b->n) + sizeof(b->_pad) + (__u64)b->n * size;
+
+	for (int i = 0; i < HOLD_TRIES; i++) {
+		__u64 pos = READ_ONCE(held_tail), lap = pos / TRACE_HELD * 2, turn;
+		__u32 key = pos & (TRACE_HELD - 1);
+		struct trace_held *h = bpf_map_lookup_elem(&held, &key);
+
+		if (!h)
+			break;
+		turn = READ_ONCE(h->turn);
+		if (turn < lap) /* it still holds the batch of a lap ago: the queue is full */
+			break;
+		if (turn != lap || __sync_val_compare_and_swap(&held_tail, pos, pos + 1) != pos)
+			continue; /* another CPU took this position first */
+		barrier_var(bytes);
+		if (bytes > sizeof(*b))
+			bytes = sizeof(*b);
+		bpf_probe_read_kernel(&h->batch, bytes, b); /* a helper copy: up to 11 KiB */
+		__sync_lock_test_and_set(&h->turn, lap + 1); /* a full barrier: the copy is seen first */
+		return;
+	}
+	count_lost_n(EVENT_SYSCALL, b->n);
+}
+
+/* Sends the waiting batches, oldest first, until the ring refuses one. One CPU at a time: a CPU
+ * that finds another sending leaves them to it, or to the next batch or task switch. */
+static __always_inline void drain(void)
+{
+	if (__sync_val_compare_and_swap(&held_sending, 0, 1))
+		return;
+	for (int i = 0; i < DRAIN_MAX; i++) {
+		__u64 pos = held_head, full = pos / TRACE_HELD * 2 + 1;
+		__u32 key = pos & (TRACE_HELD - 1);
+		struct trace_held *h = bpf_map_lookup_elem(&held, &key);
+
+		/* not full: nothing waits, or a CPU is still copying its batch in */
+		if (!h || __sync_fetch_and_or(&h->turn, 0) != full)
+			break;
+		if (!output(h->batch.recs, h->batch.n, 1))
+			break;
+		__sync_lock_test_and_set(&h->turn, full + 1);
+		held_head = pos + 1;
+	}
+	__sync_lock_test_and_set(&held_sending, 0);
+}
+
+/* The CPU's batch goes to the ring, or else waits in the queue: never ahead of a waiting one. */
+static __always_inline void flush(struct trace_batch *b)
+{
+	if (!b->n)
+		return;
+	if (READ_ONCE(held_head) == READ_ONCE(held_tail) && output(b->recs, b->n, RESERVE_TRIES)) {
+		b->n = 0;
+		return;
+	}
+	hold(b);
 	b->n = 0;
+	drain();
 }
 
 static __always_inline void emit(struct inflight *in, long ret, __u64 now)
@@ -285,6 +368,8 @@ int BPF_PROG(trace_switch, bool preempt, struct task_struct *prev)
 	/* whatever ran here goes to the ring before any of those threads can run elsewhere */
 	if (b && b->n)
 		flush(b);
+	else if (READ_ONCE(held_head) != READ_ONCE(held_tail))
+		drain();
 	if (!p || p->owner != (__u64)prev)
 		return 0;
 	p->owner = 0;

@@ -95,6 +95,9 @@ TRACE_BITS_WORDS = 4194304 // 64
 # A per-CPU batch of syscall records (bpf/sensor.h): what the kernel holds back when tracing stops.
 TRACE_BATCH, TRACE_BATCH_ARGS, TRACE_BATCH_BYTES = 64, 16, 11776
 trace_batch = np.dtype([("n", "<u4"), ("_pad", "<u4"), ("recs", f"V{TRACE_BATCH_BYTES}")])
+# enum trace_held_limits. A batch the ring refused, waiting in the kernel's shared queue (odd turn: waiting).
+TRACE_HELD = 256
+trace_held = np.dtype([("turn", "<u8"), ("batch", trace_batch)])
 
 file_key = np.dtype([("dev", "<u8"), ("ino", "<u8")])
 
@@ -141,6 +144,7 @@ STRUCTS = {
     "syscall_event": syscall_event,
     "syscall_args_event": syscall_args_event,
     "trace_batch": trace_batch,
+    "trace_held": trace_held,
     "file_event": file_event,
     "prefix_key": prefix_key,
     "file_call": file_call,

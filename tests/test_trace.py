@@ -285,3 +285,35 @@ def test_ctrl_c_and_duration_stop_cleanly(tmp_path):
     reap(meta["pids"][0])
     assert r.returncode == 128 + signal.SIGINT and meta["captured"] == len(rows) > 0
     assert 0.9 < (meta["end_ns"] - meta["start_ns"]) / 1e9 < 10
+
+
+def test_full_ring_holds_batches_back(tmp_path, storm):
+    """The tracer stops reading while two storms run: the 16 KiB ring fills at once and refuses
+    every batch after the first few. The kernel holds them back and sends them once there is room
+    (or user space reads them after detach): every call of every thread arrives, in order."""
+    import signal
+
+    out, n = tmp_path / "t", 4000
+    tracer = subprocess.Popen([sys.executable, "-m", "sensor", "trace", "--no-progress", "--ring-buffer-bytes", "16KiB",
+                               "-o", str(out), "--", "/bin/sh", "-c", f"{storm} {n} & {storm} {n}; wait"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        sh = int(re.search(r"pids (\d+)", tracer.stderr.readline()).group(1))
+        os.kill(tracer.pid, signal.SIGSTOP)
+        # the tracer is the shell's parent and stopped: the finished shell stays a zombie
+        wait_for(lambda: Path(f"/proc/{sh}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z",
+                 what="the storms to end")
+        os.kill(tracer.pid, signal.SIGCONT)
+        stdout, stderr = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+    assert tracer.returncode == 0, stderr
+    rows, meta = load(out)
+    storms = Counter(x["pid"] for x in rows if x["syscall"] == "getppid" and x["pid"] != sh)
+    assert meta["lost"] == 0 and sorted(storms.values()) == [n, n], (meta["lost"], storms)
+    assert meta["captured"] == len(rows) and per_tid_ordered(rows)
+    for pid in [sh, *storms]:  # whole: each ends in its exit_group, the storms' execve is there
+        mine = [x["syscall"] for x in rows if x["pid"] == pid]
+        assert mine[-1] == "exit_group" and (pid == sh or "execve" in mine), mine[-3:]

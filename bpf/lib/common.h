@@ -24,6 +24,7 @@ const volatile struct {
 	struct syscall_event syscall;
 	struct syscall_args_event syscall_args;
 	struct trace_batch trace_batch;
+	struct trace_held trace_held;
 	struct prefix_key prefix_key;
 	struct file_call file_call;
 	struct net_event net;

@@ -302,6 +302,13 @@ class Map:
             key = ctypes.c_uint32(nxt.value)
         return out
 
+    def lookup(self, key: int) -> bytes:
+        """The value at u32 `key`, as bytes."""
+        k, v = ctypes.c_uint32(key), ctypes.create_string_buffer(self.value_size)
+        if lib().bpf_map_lookup_elem(self.fd, ctypes.byref(k), v):
+            raise BpfLoadError(f"map lookup failed: {os.strerror(_err())}")
+        return v.raw
+
     def percpu_values(self, key: int) -> list[bytes]:
         """Every CPU's value at `key` of a per-CPU array, as bytes."""
         ncpu = lib().libbpf_num_possible_cpus()

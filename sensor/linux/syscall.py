@@ -51,13 +51,18 @@ class SyscallSource(RingSource):
         return self._rb.read_batches(self.dtype, max_batches)
 
     def held_back(self) -> np.ndarray:
-        """The records still in the per-CPU batches. Call after detach (nothing adds to them
-        then) and after the ring is drained: per thread, these come last."""
-        out = []
-        for raw in self._obj.map("batch").percpu_values(0):
-            b = np.frombuffer(raw, wire.trace_batch)[0]
-            n = min(int(b["n"]), wire.TRACE_BATCH_ARGS if self.with_args else wire.TRACE_BATCH)
-            out.append(np.frombuffer(b["recs"].tobytes(), self.dtype, count=n))
+        """The records the kernel still holds: the batches the ring refused, oldest first, then
+        the per-CPU batches. Call after detach (nothing adds to them then) and after the ring is
+        drained: per thread, these come last, in this order."""
+        held = self._obj.map("held")
+        queued = [np.frombuffer(held.lookup(i), wire.trace_held)[0] for i in range(wire.TRACE_HELD)]
+        # an odd turn holds a batch; its queue position is lap * TRACE_HELD + slot
+        waiting = sorted((int(h["turn"]) // 2 * wire.TRACE_HELD + i, h["batch"])
+                         for i, h in enumerate(queued) if h["turn"] & 1)
+        batches = [b for _, b in waiting]
+        batches += [np.frombuffer(raw, wire.trace_batch)[0] for raw in self._obj.map("batch").percpu_values(0)]
+        most = wire.TRACE_BATCH_ARGS if self.with_args else wire.TRACE_BATCH
+        out = [np.frombuffer(b["recs"].tobytes(), self.dtype, count=min(int(b["n"]), most)) for b in batches]
         return np.concatenate(out) if out else np.empty(0, self.dtype)
 
     def lost(self) -> int:
