@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--validation", type=float, default=0.15, help="share for validation (0.15)")
     ex.add_argument("--test", type=float, default=0.15, help="share for the normal test set (0.15)")
     ex.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
+    ex.add_argument("--allow-incomplete", action="store_true",
+                    help="adfa/lidds: write even when a normal split gets no run (warns)")
     inf = dsub.add_parser("info", help="summarize a trace directory")
     inf.add_argument("trace_dir", metavar="TRACE_DIR")
     inf.add_argument("--json", action="store_true")

@@ -5,13 +5,16 @@ import json
 import random
 import re
 import struct
+import sys
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -20,9 +23,19 @@ from .errors import SensorError
 from .filehash import sha256_file
 
 FORMATS = ("parquet", "csv", "adfa", "lidds")
+FORMAT_NAMES = {"adfa": "ADFA-LD", "lidds": "LID-DS 2021"}
+ADFA_FOLDERS = {"training": "Training_Data_Master", "validation": "Validation_Data_Master",
+                "test": "Validation_Data_Master", "attack": "Attack_Data_Master"}
+LIDDS_FOLDERS = {"training": "training", "validation": "validation", "test": "test/normal",
+                 "attack": "test/normal_and_attack"}
+# the normal splits as a user finds them in each layout
+NORMAL_FOLDERS = {"adfa": {"training": "Training_Data_Master", "validation": "validation",
+                           "test": "normal test files"},
+                  "lidds": {"training": "training/", "validation": "validation/", "test": "test/normal/"}}
 LIDDS_RES_HEADER = "timestamp,cpu_usage,memory_usage,network_received,network_send,storage_read,storage_written\n"
 # An empty capture: the pcap global header (little-endian, v2.4, snaplen 65535, Ethernet)
 EMPTY_PCAP = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+_SPACE = re.compile(r"[%\s]")
 
 
 class DatasetError(SensorError):
@@ -93,44 +106,102 @@ def format_info(d: dict) -> str:
 
 
 def split_runs(runs: list[Run], train: float, validation: float, test: float, seed: int):
-    """Normal runs into training/validation/test by the proportions (by run, seeded)."""
+    """Normal runs into training/validation/test by the proportions (by run, seeded).
+
+    Every split with a share gets at least one run while another split can spare one, so 3 runs
+    at 0.7/0.15/0.15 give 1/1/1 rather than rounding validation to nothing.
+    """
     if min(train, validation, test) < 0 or abs(train + validation + test - 1) > 1e-6:
         raise DatasetError(f"--train/--validation/--test must be >= 0 and add up to 1, got {train}+{validation}+{test}")
     normal = sorted((r for r in runs if r.kind == "normal"), key=lambda r: str(r.path))
     random.Random(seed).shuffle(normal)
-    n_train = round(len(normal) * train)
-    n_val = round(len(normal) * validation)
-    for i, r in enumerate(normal):
-        r.split = "training" if i < n_train else "validation" if i < n_train + n_val else "test"
+    n = len(normal)
+    counts = {"training": round(n * train)}
+    counts["validation"] = min(round(n * validation), n - counts["training"])
+    counts["test"] = n - counts["training"] - counts["validation"]
+    for split, share in (("training", train), ("validation", validation), ("test", test)):
+        donor = max(counts, key=counts.get)
+        if share > 0 and counts[split] == 0 and counts[donor] > 1:
+            counts[donor] -= 1
+            counts[split] += 1
+    order = [s for s in counts for _ in range(counts[s])]
+    for r, split in zip(normal, order):
+        r.split = split
     for r in runs:
         if r.kind != "normal":
             r.split = "attack" if r.kind == "attack" else "other"
 
 
-def export(trace_dirs, fmt: str, out, *, train=0.7, validation=0.15, test=0.15, seed=0) -> dict:
+def manifest_path(fmt: str) -> str:
+    """Where the manifest goes in OUT: LID-DS's factory rejects a scenario whose first name, sorted,
+    has an extension (manifest.json sorts before test/), and no LID-DS loader globs test/*.json."""
+    return "test/manifest.json" if fmt == "lidds" else "manifest.json"
+
+
+def _check_splits(runs: list[Run], fmt: str, shares: dict, allow_incomplete: bool) -> list[str]:
+    """ADFA-LD and LID-DS need a normal run in each split: an error, or a warning when allowed."""
+    counts = Counter(r.split for r in runs if r.kind == "normal")
+    empty = [s for s in ("training", "validation", "test") if not counts[s]]
+    if not empty:
+        return []
+    zero = [s for s in empty if shares[s] == 0]
+    flag = {"training": "--train", "validation": "--validation", "test": "--test"}
+    where = NORMAL_FOLDERS[fmt]
+    why = (f"{flag[zero[0]]} 0 leaves {where[zero[0]]} empty" if zero else
+           f"at least 3 normal runs, got {sum(counts.values())}")
+    have = ", ".join(f"{where[s]} {counts[s]}" for s in ("training", "validation", "test"))
+    msg = f"{FORMAT_NAMES[fmt]} needs a normal run in each of {', '.join(where.values())}: {why} ({have})"
+    if not allow_incomplete:
+        raise DatasetError(msg, hint=("give it a share" if zero else "add normal runs") + " or pass --allow-incomplete")
+    if fmt == "lidds" and "test" in empty:
+        msg += "; LID-DS's dataloader_factory rejects a scenario with an empty test/normal/: load it with DataLoader2021"
+    return [msg + "; written anyway (--allow-incomplete)"]
+
+
+def _path_words(fmt: str, out: Path) -> list[str]:
+    """Loaders that classify files by words anywhere in their path misfile them under some OUTs."""
+    base = str(out.resolve())
+    if fmt == "adfa" and "Attack_Data_Master" in base:
+        return [f"{out}: its path contains 'Attack_Data_Master': LID-DS's ADFA-LD loader would take every "
+                "file for an attack; move the dataset to a path without it"]
+    if fmt != "lidds":
+        return []
+    for folder in LIDDS_FOLDERS.values():
+        want = folder.split("/")[0]
+        got = next(w for w in ("training", "validation", "test") if w in f"{base}/{folder}")
+        if got != want:
+            return [f"{out}: its path contains {got!r}: LID-DS's DataLoader2021 files a recording under the "
+                    f"first of training/validation/test in its folder path, so {folder}/ would load as "
+                    f"{got}; move the scenario to a path without these words"]
+    return []
+
+
+def export(trace_dirs, fmt: str, out, *, train=0.7, validation=0.15, test=0.15, seed=0,
+           allow_incomplete=False) -> dict:
     if fmt not in FORMATS:
         raise DatasetError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     runs = [load_run(p) for p in trace_dirs]
     if not runs:
         raise DatasetError("no trace directories given")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     split_runs(runs, train, validation, test, seed)
-    skipped = []
+    shares = {"training": train, "validation": validation, "test": test}
+    skipped, warnings = [], []
     if fmt in ("adfa", "lidds"):
         skipped = [{"source": str(r.path), "label": r.meta.get("label"),
                     "reason": "label is neither `normal` nor `attack:NAME`"} for r in runs if r.kind == "other"]
         runs = [r for r in runs if r.kind != "other"]
-    {"parquet": _tabular, "csv": _tabular, "adfa": _adfa, "lidds": _lidds}[fmt](runs, out, fmt)
+        warnings = _check_splits(runs, fmt, shares, allow_incomplete) + _path_words(fmt, out)
+    out.mkdir(parents=True, exist_ok=True)
+    extra = {"parquet": _tabular, "csv": _tabular, "adfa": _adfa, "lidds": _lidds}[fmt](runs, out, fmt)
     manifest = {
-        "format": fmt, "sensor_version": __version__, "seed": seed,
-        "proportions": {"training": train, "validation": validation, "test": test},
+        "format": fmt, "sensor_version": __version__, "seed": seed, "proportions": shares,
         "runs": [{"source": str(r.path), "label": r.meta.get("label"), "split": r.split,
                   "captured": r.meta.get("captured"), "lost": r.meta.get("lost"),
                   "sha256": sha256(r.parquet), "outputs": r.outputs} for r in runs],
-        "skipped": skipped,
+        "skipped": skipped, "warnings": warnings, **(extra or {}),
     }
-    (out / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    (out / manifest_path(fmt)).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
     return manifest
 
 
@@ -187,12 +258,21 @@ def _per_process(run: Run) -> dict[int, list[int]]:
     return out
 
 
-def _adfa(runs: list[Run], out: Path, fmt: str):
+def _processes(run: Run) -> int:
+    return pc.count_distinct(pq.read_table(run.parquet, columns=["pid"])["pid"]).as_py()
+
+
+def _adfa(runs: list[Run], out: Path, fmt: str) -> dict:
     """ADFA-LD: one file per process trace, one line of space-separated syscall numbers."""
-    dirs = {"training": "Training_Data_Master", "validation": "Validation_Data_Master",
-            "test": "Validation_Data_Master", "attack": "Attack_Data_Master"}
+    dirs = ADFA_FOLDERS
     for d in set(dirs.values()):
         (out / d).mkdir(parents=True, exist_ok=True)
+    # loaders sort names as text: UVD-10000 would sort before UVD-1001, so widen past 9999 files
+    files = Counter()
+    for r in runs:
+        if r.split != "attack":
+            files[dirs[r.split]] += _processes(r)
+    width = {d: max(4, len(str(files[d]))) for d in dirs.values()}
     counters = Counter()
     attack_runs: Counter[str] = Counter()
     # validation before test: loaders take the first N of Validation_Data_Master, sorted
@@ -209,16 +289,20 @@ def _adfa(runs: list[Run], out: Path, fmt: str):
                     counters["all"] += 1
                     path = folder / f"UAD-{name.replace('_', '-')}-{attack_runs[name]}-{counters['all']}.txt"
                 elif split == "training":
-                    path = out / dirs[split] / f"UTD-{counters[split]:04d}.txt"
+                    path = out / dirs[split] / f"UTD-{counters[split]:0{width[dirs[split]]}d}.txt"
                 else:
-                    path = out / dirs[split] / f"UVD-{counters['validation'] + counters['test']:04d}.txt"
+                    n = counters["validation"] + counters["test"]
+                    path = out / dirs[split] / f"UVD-{n:0{width[dirs[split]]}d}.txt"
                 path.write_text(" ".join(map(str, nrs)) + " \n")
                 _record(r, out, path, pid=pid, syscalls=len(nrs))
+    # DataLoaderADFALD(OUT, attack, val_count, val_train_add) with these finds our split
+    return {"loader": {"val_count": counters["validation"], "val_train_add": 0}}
 
 
 def _lidds_value(v) -> str:
-    # the loader splits a line on single spaces: no value may contain one
-    return str(v).replace("%", "%25").replace(" ", "%20").replace("\n", "%0A")
+    # the loader splits a line on single spaces after stripping trailing whitespace: no value may
+    # hold any whitespace (a tab ending the last value would be cut off), nor a bare %
+    return _SPACE.sub(lambda m: quote(m.group(), safe=""), str(v))
 
 
 def _uids(run: Run) -> dict[int, int]:
@@ -236,17 +320,17 @@ def _uids(run: Run) -> dict[int, int]:
 
 def _lidds(runs: list[Run], out: Path, fmt: str):
     """LID-DS 2021: a scenario of zipped recordings (.sc, .json, .res, .pcap) per split."""
-    folders = {"training": "training", "validation": "validation", "test": "test/normal",
-               "attack": "test/normal_and_attack"}
+    folders = LIDDS_FOLDERS
+    for folder in folders.values():
+        (out / folder).mkdir(parents=True, exist_ok=True)
     for i, r in enumerate(sorted(runs, key=lambda r: (r.split, str(r.path))), 1):
         name = f"{re.sub(r'[^A-Za-z0-9]+', '_', r.path.name).strip('_') or 'run'}_{i}"
-        folder = out / folders[r.split]
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{name}.zip"
+        target = out / folders[r.split] / f"{name}.zip"
         with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as z:
             with z.open(f"{name}.sc", "w") as sc:
                 _lidds_lines(r, sc)
-            z.writestr(f"{name}.json", json.dumps(_lidds_json(r)))
+            # the loader turns every ' into " before parsing: keep none in the text
+            z.writestr(f"{name}.json", json.dumps(_lidds_json(r)).replace("'", "\\u0027"))
             z.writestr(f"{name}.res", LIDDS_RES_HEADER)
             z.writestr(f"{name}.pcap", EMPTY_PCAP)
         _record(r, out, target, recording=name)
@@ -298,8 +382,11 @@ def run(args) -> int:
         print(json.dumps(d, indent=2) if args.json else format_info(d))
         return 0
     m = export(args.trace_dirs, args.format, args.output, train=args.train, validation=args.validation,
-               test=args.test, seed=args.seed)
+               test=args.test, seed=args.seed, allow_incomplete=args.allow_incomplete)
+    for w in m["warnings"]:
+        print(f"sensor: warning: {w}", file=sys.stderr)
     n = sum(len(r["outputs"]) for r in m["runs"])
     print(f"sensor dataset: {len(m['runs'])} runs -> {n} files in {args.output} ({args.format}); "
-          f"manifest.json written" + (f"; {len(m['skipped'])} runs skipped (see manifest)" if m["skipped"] else ""))
+          f"{manifest_path(args.format)} written"
+          + (f"; {len(m['skipped'])} runs skipped (see manifest)" if m["skipped"] else ""))
     return 0

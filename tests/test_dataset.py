@@ -7,13 +7,17 @@ import re
 import subprocess
 import sys
 import zipfile
+from collections import Counter
 from pathlib import Path
+from urllib.parse import unquote
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT
+from loader_rules import adfa_recordings, factory_kind, lidds_recordings
+from sensor.dataset import load_run, split_runs
 
 
 def sensor(*args) -> subprocess.CompletedProcess:
@@ -37,8 +41,12 @@ def traces(tmp_path_factory):
     return made
 
 
+def source_table(trace: Path):
+    return pq.read_table(load_run(trace).parquet)
+
+
 def per_process(trace: Path) -> dict[int, list[int]]:
-    t = pq.read_table(trace / "syscalls.parquet").sort_by("timestamp_ns")
+    t = source_table(trace).sort_by("timestamp_ns")
     out: dict[int, list[int]] = {}
     for pid, nr in zip(t["pid"].to_pylist(), t["syscall_nr"].to_pylist()):
         out.setdefault(pid, []).append(nr)
@@ -63,7 +71,7 @@ def test_tabular_round_trip(traces, tmp_path, fmt):
     out = (pq.read_table(tmp_path / "dataset.parquet") if fmt == "parquet"
            else pacsv.read_csv(tmp_path / "dataset.csv")).to_pylist()
     for src in srcs:
-        want = pq.read_table(src / "syscalls.parquet").to_pylist()
+        want = source_table(src).to_pylist()
         got = [row for row in out if row["run"] == src.name]
         # CSV cannot tell an empty path (AT_EMPTY_PATH) from none: compare both as ""
         norm = (lambda v: v or "") if fmt == "csv" else (lambda v: v)
@@ -102,6 +110,19 @@ def test_adfa_layout(traces, tmp_path):
     # 6 normal runs at 0.5/0.25/0.25: 3 training, round(1.5) = 2 validation, the last one test
     assert (splits.count("training"), splits.count("validation"), splits.count("test")) == (3, 2, 1)
     assert [s["label"] for s in manifest["skipped"]] == ["benchmark-run"]
+    # LID-DS's ADFA-LD loader, given the arguments the manifest names, finds each file where we put it
+    assert factory_kind(tmp_path) == "adfa"
+    loaded = adfa_recordings(tmp_path, **manifest["loader"])
+    want = {"training": set(), "validation": set(), "test": set()}
+    for run in manifest["runs"]:
+        for out in run["outputs"]:
+            want["test" if run["split"] == "attack" else run["split"]].add((str(tmp_path / out["path"]),
+                                                                              run["split"] == "attack"))
+    assert {k: {(p, a) for p, a, _ in v} for k, v in loaded.items()} == want
+    assert loaded["validation"] and all(k[2] != [""] for v in loaded.values() for k in v)
+    # the loader's attack filter is a folder-name prefix
+    only = adfa_recordings(tmp_path, **manifest["loader"], attack="Web_Shell")["test"]
+    assert {p.split("/")[-2] for p, a, _ in only if a} == {"Web_Shell_1"}
 
 
 def test_split_is_proportional_and_seeded(traces, tmp_path):
@@ -127,11 +148,15 @@ def test_split_is_proportional_and_seeded(traces, tmp_path):
 def test_lidds_layout(traces, tmp_path):
     r = sensor("dataset", "export", *map(str, traces.values()), "--format", "lidds", "-o", str(tmp_path))
     assert r.returncode == 0, r.stderr
+    assert factory_kind(tmp_path) == "2021"
+    loaded = lidds_recordings(tmp_path)
+    # 6 normal runs at 0.7/0.15/0.15: 4 training, 1 validation, 1 normal test; 2 attacks
+    assert Counter((r["folder"], r["type"]) for r in loaded) == {
+        ("training", "NORMAL"): 4, ("validation", "NORMAL"): 1, ("test/normal", "NORMAL"): 1,
+        ("test/normal_and_attack", "NORMAL_AND_ATTACK"): 2}
     zips = sorted(tmp_path.rglob("*.zip"))
-    folders = {str(z.parent.relative_to(tmp_path)) for z in zips}
-    assert folders <= {"training", "validation", "test/normal", "test/normal_and_attack"}
-    assert "test/normal_and_attack" in folders and "training" in folders
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(zips) == len(loaded)
+    manifest = json.loads((tmp_path / "test" / "manifest.json").read_text())
     by_zip = {out["path"]: run for run in manifest["runs"] for out in run["outputs"]}
     for z in zips:
         name = z.stem
@@ -152,7 +177,7 @@ def test_lidds_layout(traces, tmp_path):
             assert meta["exploit_name"] == run["label"][7:] and meta["time"]["exploit"][0]["absolute"] > 0
         assert {"image", "recording_time", "time"} <= set(meta)
         # .sc lines as LID-DS splits them: ts uid pid name tid syscall direction params...
-        src = pq.read_table(Path(run["source"]) / "syscalls.parquet").to_pylist()
+        src = source_table(Path(run["source"])).to_pylist()
         enters = [ln.split(" ") for ln in lines if ln.split(" ")[6] == ">"]
         exits = [ln.split(" ") for ln in lines if ln.split(" ")[6] == "<"]
         assert len(enters) == len(src)
@@ -162,6 +187,115 @@ def test_lidds_layout(traces, tmp_path):
         assert all(p.split("=", 1)[0] == "res" for e in exits for p in e[7:])
         assert sorted((int(e[0]), int(e[4]), e[5]) for e in enters) == \
             sorted((s["timestamp_ns"], s["tid"], s["syscall"]) for s in src)
+
+
+def test_adfa_sort_order_past_9999_files(traces, tmp_path):
+    """LID-DS's ADFA-LD loader splits Validation_Data_Master by position in name order."""
+    big = tmp_path / "forks"
+    r = sensor("trace", "-o", str(big), "--label", "normal", "--",
+               "/bin/sh", "-c", "i=0; while [ $i -lt 10000 ]; do (:); i=$((i+1)); done")
+    assert r.returncode == 0, r.stderr
+    srcs = [big, traces["normal0"]]
+    shares = dict(train=0, validation=0.5, test=0.5)
+
+    def big_in_validation(seed):
+        runs = [load_run(p) for p in srcs]
+        split_runs(runs, *shares.values(), seed)
+        return runs[0].split == "validation"
+
+    seed = next(s for s in range(20) if big_in_validation(s))
+    out = tmp_path / "out"
+    r = sensor("dataset", "export", *map(str, srcs), "--format", "adfa", "-o", str(out), "--seed", str(seed),
+               "--allow-incomplete", *(x for k, v in shares.items() for x in (f"--{k}", str(v))))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["loader"]["val_count"] > 10000
+    loaded = adfa_recordings(out, **m["loader"])
+    want = {split: {str(out / o["path"]) for run in m["runs"] if run["split"] == split for o in run["outputs"]}
+            for split in ("validation", "test")}
+    assert {p for p, _, _ in loaded["validation"]} == want["validation"]
+    assert {p for p, _, _ in loaded["test"]} == want["test"]
+
+
+ODD_PATH = "/nonexistent/a b\t"
+
+
+@pytest.fixture(scope="module")
+def quoted_attack(tmp_path_factory):
+    """An attack run with a quote in its name whose chdir path (a line's last value) ends in a tab."""
+    out = tmp_path_factory.mktemp("quoted") / "quoted"
+    r = sensor("trace", "-o", str(out), "--args", "--label", "attack:Bob's shell", "--",
+               "/bin/sh", "-c", 'cd "$0" 2>/dev/null; true', ODD_PATH)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_lidds_three_normal_runs_fill_every_split(traces, quoted_attack, tmp_path):
+    srcs = [traces[f"normal{i}"] for i in range(3)] + [quoted_attack]
+    r = sensor("dataset", "export", *map(str, srcs), "--format", "lidds", "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert factory_kind(tmp_path) == "2021"
+    loaded = lidds_recordings(tmp_path)
+    # 3 runs at 0.7/0.15/0.15 round to 2/0/1: every split with a share gets one
+    assert sorted(r["folder"] for r in loaded) == ["test/normal", "test/normal_and_attack", "training",
+                                                   "validation"]
+    attack = next(r for r in loaded if r["type"] == "NORMAL_AND_ATTACK")
+    assert attack["meta"]["exploit_name"] == "Bob's shell"
+    # a value survives the loader's rstrip and split, whole after percent-decoding
+    paths = {unquote(ln["params"]["path"]) for ln in attack["lines"] if ln["syscall"] == "chdir"
+             and ln["dir"] == ">"}
+    assert paths == {ODD_PATH}
+
+
+@pytest.mark.parametrize("fmt", ["lidds", "adfa"])
+def test_too_few_normal_runs(traces, tmp_path, fmt):
+    srcs = [str(traces["normal0"]), str(traces["adduser"])]
+    out = tmp_path / "out"
+    r = sensor("dataset", "export", *srcs, "--format", fmt, "-o", str(out))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "at least 3 normal runs, got 1" in r.stderr and "--allow-incomplete" in r.stderr
+    assert not out.exists()
+    six = [str(traces[f"normal{i}"]) for i in range(6)]
+    r = sensor("dataset", "export", *six, "--format", fmt, "-o", str(out),
+               "--train", "0.85", "--validation", "0", "--test", "0.15")
+    assert r.returncode == 2 and "--validation 0 leaves" in r.stderr, r.stderr
+    r = sensor("dataset", "export", *srcs, "--format", fmt, "-o", str(out), "--allow-incomplete")
+    assert r.returncode == 0, r.stderr
+    assert "warning" in r.stderr and "validation" in r.stderr
+    if fmt == "lidds":
+        assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_dir()} == {
+            "training", "validation", "test", "test/normal", "test/normal_and_attack"}
+        # DataLoader2021 reads it; the factory does not (test/normal is empty), as the warning says
+        assert Counter(r["folder"] for r in lidds_recordings(out)) == {"training": 1, "test/normal_and_attack": 1}
+        with pytest.raises(AssertionError, match="test/normal is empty"):
+            factory_kind(out)
+        assert "dataloader_factory" in r.stderr
+    else:
+        assert factory_kind(out) == "adfa"
+        loaded = adfa_recordings(out, **json.loads((out / "manifest.json").read_text())["loader"])
+        assert loaded["training"] and not loaded["validation"] and all(a for _, a, _ in loaded["test"])
+
+
+def test_lidds_warns_of_split_words_in_its_path(traces, tmp_path):
+    out = tmp_path / "validation-sets" / "scenario"
+    r = sensor("dataset", "export", *(str(traces[f"normal{i}"]) for i in range(3)), "--format", "lidds",
+               "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    # DataLoader2021 files test/ recordings by the first split word anywhere in their folder path
+    with pytest.raises(AssertionError, match="files it under validation"):
+        lidds_recordings(out)
+    assert "warning" in r.stderr and "'validation'" in r.stderr
+
+
+def test_adfa_warns_of_attack_folder_in_its_path(traces, tmp_path):
+    out = tmp_path / "Attack_Data_Master" / "set"
+    r = sensor("dataset", "export", *(str(traces[f"normal{i}"]) for i in range(3)), "--format", "adfa",
+               "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    # the loader flags a file as an attack by that folder name anywhere in its path
+    loaded = adfa_recordings(out, **json.loads((out / "manifest.json").read_text())["loader"])
+    assert loaded["training"] and all(a for _, a, _ in loaded["training"])
+    assert "warning" in r.stderr and "'Attack_Data_Master'" in r.stderr
 
 
 def test_not_a_trace_dir(tmp_path):
