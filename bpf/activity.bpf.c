@@ -42,7 +42,7 @@ int BPF_PROG(activity_exit, struct pt_regs *regs, long ret)
 	__u32 nr = syscall_nr(regs);
 
 	/* each part checks the number before any per-thread lookup: this runs on every syscall */
-	if (file_on)
+	if (file_on || block_on) /* block_on: opens of blocked files (activity/file.c) */
 		file_on_exit(nr, ret);
 	if (net_on)
 		net_on_exit(nr, ret);

@@ -95,7 +95,8 @@ int BPF_PROG(handle_exec, struct task_struct *p, pid_t old_pid, struct linux_bin
 		.ino = BPF_CORE_READ(exe, f_inode, i_ino),
 	};
 	/* The new image is mapped but has not run an instruction yet: SIGKILL here means it never
-	 * does (measured: a blocked script dies before printing its first line). */
+	 * does. A script's exe_file is its interpreter's: activity/file.c stops a blocked script
+	 * when the interpreter opens it. */
 	if (bpf_map_lookup_elem(&blocked_exec, &key)) {
 		bpf_send_signal(9);
 		e->flags |= FLAG_BLOCKED;

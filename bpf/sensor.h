@@ -31,6 +31,7 @@ enum event_type {
 	EVENT_FILE = 6,
 	EVENT_NET = 7,
 	EVENT_SECURITY = 8,
+	EVENT_BLOCKED = 9, /* struct file_event: a process opened a blocked file and got SIGKILL */
 };
 
 enum tamper_kind {

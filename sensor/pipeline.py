@@ -22,8 +22,9 @@ from .store import Store
 log = logging.getLogger("sensor.pipeline")
 
 
-def build_sources(cfg: Config, blocked=()) -> list:
-    """The sources this platform and config ask for, not yet started."""
+def build_sources(cfg: Config, blocked=None) -> list:
+    """The sources this platform and config ask for, not yet started; `blocked`: the (dev, inode,
+    path) of files a block-exec policy lists, or None without one."""
     sources = []
     if cfg["process.enabled"]:
         opts = cfg.section("process")
@@ -36,7 +37,7 @@ def build_sources(cfg: Config, blocked=()) -> list:
 
             sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
                                          threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
-                                         blocked=blocked))
+                                         blocked=[(dev, ino) for dev, ino, _ in blocked or ()]))
     # the file, network and security sources share one object, which shares maps with the process
     # programs (the sensor's pids, written files)
     shared_activity = []
@@ -67,6 +68,10 @@ def build_sources(cfg: Config, blocked=()) -> list:
         from .linux.security import SecuritySource
 
         sources.append(SecuritySource(activity()))
+    if blocked is not None and any(hasattr(s, "shared_maps") for s in sources):
+        from .linux.block import BlockSource  # a blocked script dies opening it
+
+        sources.append(BlockSource(activity(), blocked))
     if cfg["packets.enabled"]:
         from .packets import PacketSource
 
@@ -117,7 +122,7 @@ class Pipeline:
         self.stamper = Stamper(self.host)
         self.table = ProcessTable(self.host)
         self.policies = self.responder = None
-        blocked = []
+        blocked = None
         if cfg["response_policy"]:
             from .respond import Responder, load
 
@@ -125,7 +130,8 @@ class Pipeline:
 
             self.policies = load(cfg["response_policy"])
             self.responder = Responder(self.policies, self.host.boot_offset_ns, Quarantine(cfg["data_dir"]))
-            blocked = [(dev, ino) for dev, ino, _ in self.policies.blocked_files()]
+            if any(p.action == "block-exec" for p in self.policies.rules):
+                blocked = self.policies.blocked_files()
         self.sources = build_sources(cfg, blocked) if sources is None else sources
         self.notifier = None
         if cfg["notifiers"]:

@@ -74,6 +74,21 @@ class ProcessExit:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockedOpen:
+    """A process opened a blocked file and the kernel killed it before the open returned: how
+    a blocked script's run (its interpreter opening it) is stopped."""
+    ts_ns: int
+    pid: int
+    tid: int
+    start_ns: int
+    path: bytes
+    dev: int  # kernel encoding
+    ino: int
+    comm: bytes = b""
+    truncated: bool = False  # the path
+
+
+@dataclass(frozen=True, slots=True)
 class FileActivity:
     """A file operation; see bpf/sensor.h enum file_op for what path and path2 hold."""
     ts_ns: int

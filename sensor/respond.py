@@ -55,7 +55,9 @@ class Policies:
         return {h for p in self.rules if p.action == "block-exec" for h in p.sha256}
 
     def blocked_files(self) -> list[tuple[int, int, str]]:
-        """(kernel dev, inode, path) of every block-exec executable, resolved now."""
+        """(kernel dev, inode, path) of every block-exec executable, resolved now. The kernel
+        kills an exec of one, and any process but the sensor that opens one for reading: how a
+        script is stopped when its interpreter opens it (bpf/activity/file.c)."""
         out = []
         for p in self.rules:
             if p.action != "block-exec":
@@ -138,9 +140,12 @@ def load(path) -> Policies:
             p.sha256 = {str(h).lower() for h in item.get("sha256") or []}
             bad = [h for h in p.sha256 if not re.fullmatch(r"[0-9a-f]{64}", h)]
             missing = [e for e in p.executables if not os.path.exists(e)]
-            if not (p.executables or p.sha256) or missing or bad:
+            # a blocked file cannot be opened for reading either: a directory would kill every `ls` of it
+            special = [e for e in p.executables if os.path.exists(e) and not os.path.isfile(e)]
+            if not (p.executables or p.sha256) or missing or bad or special:
                 raise ConfigError(f"{path}:{line}: block-exec needs existing executables and/or sha256 digests"
                                   + (f"; missing: {', '.join(missing)}" if missing else "")
+                                  + (f"; not a regular file: {', '.join(special)}" if special else "")
                                   + (f"; not a sha256: {', '.join(bad)}" if bad else ""))
         else:
             bad = [k for k in p.match if k not in MATCH_KEYS]

@@ -10,6 +10,7 @@ PATH_DEPTH_MAX = 32
 
 (EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER, EVENT_FILE, EVENT_NET,
  EVENT_SECURITY) = range(1, 9)
+EVENT_BLOCKED = 9  # a file_event: a process opened a blocked file and was killed
 EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit", EVENT_TAMPER: "tamper"}
 TAMPER_SIGNAL, TAMPER_PTRACE = 1, 2
 

@@ -101,6 +101,7 @@ def test_bad_policies_name_file_and_line(tmp_path):
         "- action: explode\n": "action",
         "- action: kill\n  match: {process.name: x}\n": "match needs keys",
         "- action: block-exec\n  executables: [/no/such/file]\n": "missing",
+        "- action: block-exec\n  executables: [/tmp]\n": "not a regular file: /tmp",
         "- action: kill\n  match: {rule.id: x}\n- action: quarantine\n  match: {nope: y}\n": ":3:",
         "- action: [unclosed\n": "invalid YAML",
     }

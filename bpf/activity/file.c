@@ -21,6 +21,7 @@
 #define AT_REMOVEDIR 0x200
 #define S_IFMT 0170000
 #define S_IFREG 0100000
+#define FMODE_READ 0x1
 #define FMODE_WRITE 0x2
 #define FMODE_CREATED 0x100000 /* open created the file (since 4.19; same bit through 6.18) */
 
@@ -29,6 +30,10 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 22);
 } file_events SEC(".maps");
+
+/* A response policy blocks files (blocked_exec, the process object's map): an open of one for
+ * reading kills the opener. On when the policy lists any, whether or not file events are on. */
+const volatile bool block_on = false;
 
 /* One write record per file and process per interval at most. */
 const volatile __u64 write_interval_ns = 1000000000;
@@ -245,20 +250,61 @@ static __always_inline void send_fd_event(struct file_scratch *s, struct task_st
 		file_send(&s->rec, task);
 }
 
+/* ---- blocked files: a script's interpreter dies opening it ---- */
+
+/* Every way to run a script ends in a process opening it by one of the open calls before reading
+ * a line: the interpreter the kernel starts for `./tool` (it hands it the script's path), `sh
+ * tool`, `python3 tool.py`, or `cat tool | sh`. SIGKILL at the open's exit is delivered before the
+ * call returns to user space, so not a byte of the file is read. sched_process_exec cannot do it:
+ * for a script it sees the interpreter's inode, and only the script's path as a string. Any
+ * reader but the sensor and pid 1 is killed: nothing in the kernel tells running from reading.
+ * The record goes to the process ring (`events`, shared), after the opener's exec record. */
+static __always_inline void deny_open(struct file *f)
+{
+	struct task_struct *task = (void *)bpf_get_current_task();
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
+	struct file_key key = {
+		.dev = BPF_CORE_READ(inode, i_sb, s_dev),
+		.ino = BPF_CORE_READ(inode, i_ino),
+	};
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct file_scratch *s;
+	bool truncated;
+
+	/* O_PATH and write-only opens read nothing (FMODE_PATH files have no FMODE_READ) */
+	if (!(BPF_CORE_READ(f, f_mode) & FMODE_READ) || !bpf_map_lookup_elem(&blocked_exec, &key))
+		return;
+	if (tgid == 1 || ignored(tgid))
+		return;
+	bpf_send_signal(9);
+	s = file_scratch_get();
+	if (!s) {
+		count_lost(EVENT_BLOCKED);
+		return;
+	}
+	struct file_event *e = begin(s, 0, task);
+
+	fill_inode(e, inode);
+	e->path_len = file_path(s, f, 0, &truncated);
+	if (truncated)
+		e->flags |= FILE_PATH_TRUNCATED;
+	__u64 size = record_size(e);
+
+	fill_header(&e->hdr, EVENT_BLOCKED, size, task);
+	if (output_retry(&events, &s->rec, size, 0)) /* rare, and urgent: wake the reader */
+		count_lost(EVENT_BLOCKED);
+}
+
 /* ---- open and create: at exit, from the new fd's struct file ---- */
 
 /* @announce: a create is reported (not when a write finds a file it has not seen open) */
-static __always_inline int opened(long fd, bool announce)
+static __always_inline int opened_file(struct file *f, bool announce)
 {
 	struct task_struct *task = (void *)bpf_get_current_task();
 	struct file_scratch *s;
-	struct file *f;
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	if (fd < 0 || ignored(tgid))
-		return 0;
-	f = fd_file(fd);
-	if (!f)
+	if (ignored(tgid))
 		return 0;
 	__u32 fmode = BPF_CORE_READ(f, f_mode);
 	struct inode *inode = BPF_CORE_READ(f, f_inode);
@@ -278,6 +324,13 @@ static __always_inline int opened(long fd, bool announce)
 	if (announce && st.watched && (fmode & FMODE_CREATED))
 		send_fd_event(s, task, f, FILE_CREATE, 0);
 	return 0;
+}
+
+static __always_inline int opened(long fd, bool announce)
+{
+	struct file *f = fd < 0 ? NULL : fd_file(fd);
+
+	return f ? opened_file(f, announce) : 0;
 }
 
 /* ---- writes: counted per open file and process, reported once per interval ---- */
@@ -505,9 +558,16 @@ static __always_inline int file_on_exit(__u32 nr, long ret)
 
 	if (!c)
 		return 0;
-	if (c->kind == FC_OPEN)
-		return opened(ret, true);
-	if (c->kind == FC_PATH)
+	if (c->kind == FC_OPEN) {
+		struct file *f = ret < 0 ? NULL : fd_file(ret);
+
+		if (!f)
+			return 0;
+		if (block_on)
+			deny_open(f);
+		return file_on ? opened_file(f, true) : 0;
+	}
+	if (file_on && c->kind == FC_PATH)
 		return path_call_done(ret);
 	return 0;
 }

@@ -56,7 +56,9 @@ class Activity:
                 obj.map("ignored_tgids").update(os.getpid(), b"\x01")
             for p in self.parts:
                 p.setup(obj, numbers)
-            obj.attach(["activity_enter", "activity_exit"] + (["handle_tcp_state", "handle_tcp_state_nested"] if "network" in names else []))
+            # blocking alone needs only the exit program: sys_enter is left untouched
+            enter = ["activity_enter"] if names & {"file", "network", "security"} else []
+            obj.attach(enter + ["activity_exit"] + (["handle_tcp_state", "handle_tcp_state_nested"] if "network" in names else []))
         except BaseException:
             obj.close()
             raise

@@ -11,6 +11,7 @@ import numpy as np
 from .. import wire
 from ..records import ProcessExec, ProcessExit, ProcessFork, Tamper
 from ..errors import SensorError
+from .block import decode_blocked
 from .libbpf import BpfLoadError, BpfObject
 from .source import RingSource
 
@@ -67,6 +68,8 @@ def decode(raw: bytes):
     if kind == wire.EVENT_EXIT:
         (ts, _, _, pid, _, _, _, start, ppid, code, comm) = _EXIT.unpack_from(raw)
         return ProcessExit(ts, pid, ppid, start, code, _cstr(comm))
+    if kind == wire.EVENT_BLOCKED:  # the activity programs' blocked opens share this ring
+        return decode_blocked(raw)
     return None
 
 
@@ -103,7 +106,7 @@ class ProcessSource(RingSource):
     """Loads and attaches the process programs; `poll` returns decoded records."""
 
     name = "process"
-    event_types = tuple(wire.EVENT_TYPES)
+    event_types = (*wire.EVENT_TYPES, wire.EVENT_BLOCKED)
     decode = staticmethod(decode)
 
     def __init__(self, *, ring_buffer_bytes: int = 4 << 20, threads: bool = False,
@@ -154,10 +157,12 @@ class ProcessSource(RingSource):
             log.warning("ptrace aimed at the sensor will not be seen: %s", str(exc).splitlines()[0])
 
     def shared_maps(self) -> dict:
-        """Maps other objects share with this one: the sensor's own pids, written files."""
+        """Maps other objects share with this one: the sensor's own pids, written files, and for
+        the activity programs' blocked opens the block list, this ring and its loss counts."""
         if self._obj is None:  # not running (the psutil fallback took over): nothing to share
             return {}
-        return {name: self._obj.map_fd(name) for name in ("ignored_tgids", "written")}
+        return {name: self._obj.map_fd(name)
+                for name in ("ignored_tgids", "written", "blocked_exec", "events", "lost")}
 
     def traced(self):
         """The map of traced processes (tgid -> 1) that trace mode filters on."""
