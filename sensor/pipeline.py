@@ -16,10 +16,13 @@ from .config import Config
 from .errors import ConfigError, SensorError
 from .host import Host
 from .processes import ProcessTable
+from .rules import alert
 from .schema import Stamper
 from .store import Store
 
 log = logging.getLogger("sensor.pipeline")
+# Above this rate the loop batches its reads (batch_interval); an exec makes three records.
+BUSY_RECORDS_PER_S = 1500
 
 
 def build_sources(cfg: Config, blocked=None) -> list:
@@ -162,21 +165,22 @@ class Pipeline:
         self._closed = False
 
     def emit(self, event: dict, boot_ns: int | None = None):
-        if self.hasher is not None and "file" in event["event"].get("category", ()):
+        ev = event["event"]
+        if self.hasher is not None and "file" in ev.get("category", ()):
             self.hasher.annotate(event)
         self.stamper.stamp(event, boot_ns)
-        self.emitted[event["event"].get("dataset", "")] += 1
+        self.emitted[ev.get("dataset", "")] += 1
         for sink in self.sinks:
             sink(event)
-        if self.notifier is not None and event["event"].get("kind") == "alert":
-            self.notifier.submit(event)
-        if self.responder is not None and event["event"].get("action") == "exec":
+        if ev.get("kind") == "alert":
+            if self.notifier is not None:
+                self.notifier.submit(event)
+            return
+        if self.responder is not None and ev.get("action") == "exec":
             blocked = self.responder.on_exec(event, self._block)
             if blocked is not None:
                 self.emit(blocked)
-        if self.rules is not None and event["event"].get("kind") != "alert":
-            from .rules import alert
-
+        if self.rules is not None:
             for rule in self.rules.match(event):
                 a = alert(rule, event)
                 self.emit(a)
@@ -189,14 +193,16 @@ class Pipeline:
             if hasattr(s, "block"):
                 s.block(dev, ino)
 
-    def _drain(self) -> int:
-        """Reads every source until each has caught up. Kernel records of one round are handled
-        in time order across sources: a file written then executed, or a process that execs then
-        connects, reaches the process cache in the order it happened, whichever ring it took."""
+    def _drain(self, timers: bool = True) -> int:
+        """Reads every source (with `timers` false, only those with an fd) until each has caught
+        up. Kernel records of one round are handled in time order across sources: a file written
+        then executed, or a process that execs then connects, reaches the process cache in the
+        order it happened, whichever ring it took."""
         n = 0
+        sources = self.sources if timers else [s for s in self.sources if s.fileno() is not None]
         while True:
             batch, full = [], False
-            for source in self.sources:
+            for source in sources:
                 records = source.poll()
                 full = full or len(records) >= 1 << 16
                 n += len(records)
@@ -303,19 +309,34 @@ class Pipeline:
         cfg = self.cfg
         ep = select.epoll()
         for s in self.sources:
-            if s.fileno() is not None:  # timer-driven sources are polled every loop
+            if s.fileno() is not None:  # timer-driven sources are polled every poll_interval
                 ep.register(s.fileno(), select.EPOLLIN)
         deadline = time.monotonic() + duration if duration else None  # from when events flow, not from start-up
-        interval = cfg["health_interval"]
+        interval, poll, batch = cfg["health_interval"], cfg["poll_interval"], cfg["batch_interval"]
         next_health = time.monotonic() + interval
+        next_timers = last_drain = window_start = 0.0
+        busy, window_n = False, 0
         try:
             while not stop.is_set():
-                ep.poll(cfg["poll_interval"])
-                self._drain()
+                ep.poll(poll)
+                # Under load, read at most every batch_interval: each read of the rings costs
+                # about as much as a few events (an exec storm woke the loop once per exec).
+                # Not while quiet: a lone short-lived process is still seen, and killed, at once.
+                now = time.monotonic()
+                if busy and now - last_drain < batch:
+                    time.sleep(batch - (now - last_drain))
+                    now = time.monotonic()
+                last_drain = now
+                timers = now >= next_timers
+                if timers:
+                    next_timers = now + poll
+                window_n += self._drain(timers)
+                if now - window_start >= poll:
+                    busy = window_n >= BUSY_RECORDS_PER_S * (now - window_start)
+                    window_start, window_n = now, 0
                 self.store.tick()
                 if self.csv is not None:
                     self.csv.tick()
-                now = time.monotonic()
                 if now >= next_health:
                     self.host.sync_clock()
                     h = self.emit_health()

@@ -5,7 +5,7 @@ class TimerSource:
     module = "psutil"
 
     def fileno(self):
-        return None  # polled by the pipeline on every loop
+        return None  # polled by the pipeline every poll_interval
 
     def stats(self) -> dict:
         return {"lost_kernel": 0, "lost_user": 0, "queue_bytes": 0}
