@@ -1,9 +1,10 @@
 """Benchmarks of the foundation; writes docs/performance.md and bench/results/*.json.
 
-    .venv/bin/python bench/run.py [--execs 5000] [--rounds 3] [--idle-seconds 60]
+    .venv/bin/python bench/run.py [--execs 5000] [--rounds 5] [--idle-seconds 60]
 
-Exec storm: a shell forks and execs /bin/true N times, bare and with `sensor run` tracing,
-alternating rounds in one run so both see the same machine load; we report the median ratio.
+Exec storm: a shell forks and execs /bin/true N times, bare, under `sensor run` (default and
+process source only), auditd and bpftrace, alternating in each round so all see the same machine
+load; we report the median ratio and each tool's CPU per exec.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -70,30 +72,84 @@ class Sensor:
         self.err.close()
 
 
+PROCESS_ONLY = ("--no-files-enabled", "--no-network-enabled", "--no-security-enabled", "--no-metrics-enabled",
+                "--no-inventory-processes", "--no-services-enabled", "--no-logins-enabled")
+
+
+def sensor_round(tmp: Path, name: str, n: int, flags=()) -> dict:
+    s = Sensor(tmp / name, *flags)
+    time.sleep(1)  # past start-up's own work (the /proc snapshot, first samples)
+    cpu0 = proc_cpu(s.p.pid)
+    wall, shell = storm(n)
+    time.sleep(0.5)  # the last records read
+    cpu = proc_cpu(s.p.pid) - cpu0
+    rss = proc_hwm(s.p.pid)
+    s.stop()
+    execs = sum(1 for e in read_events(s.data_dir)
+                if e["event"]["action"] == "exec" and e["process"].get("parent", {}).get("pid") == shell
+                and e["process"].get("args") == ["/bin/true"])
+    return {"wall": wall, "cpu": cpu, "rss": rss, "captured": execs}
+
+
+def auditd_round(tmp: Path, name: str, n: int) -> dict:
+    from activity import Auditd
+
+    (tmp / name).mkdir()
+    a = Auditd(tmp / name, [["-a", "always,exit", "-F", "arch=b64", "-S", "execve", "-k", "benchexec"]])
+    try:
+        cpu0 = proc_cpu(a.p.pid)
+        wall, _ = storm(n)
+        records = a.records("benchexec")  # waits for auditd to write behind
+        return {"wall": wall, "cpu": proc_cpu(a.p.pid) - cpu0, "captured": records, "lost": a.lost()}
+    finally:
+        a.close()
+
+
+def bpftrace_round(tmp: Path, name: str, n: int) -> dict:
+    out = tmp / f"{name}.txt"
+    p = subprocess.Popen(["bpftrace", "-o", str(out), "-e",
+                          'tracepoint:sched:sched_process_exec { printf("%d %s\\n", pid, str(args->filename)); }'],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() or b"Attaching" not in out.read_bytes():
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("bpftrace did not attach")
+            time.sleep(0.05)
+        cpu0 = proc_cpu(p.pid)
+        wall, _ = storm(n)
+        time.sleep(0.5)
+        cpu = proc_cpu(p.pid) - cpu0
+    finally:
+        p.send_signal(signal.SIGINT)
+        p.wait(30)
+    return {"wall": wall, "cpu": cpu, "captured": out.read_bytes().count(b" /bin/true\n")}
+
+
 def bench_storm(n: int, rounds: int, tmp: Path) -> dict:
-    bare, traced, captured, cpu, rss = [], [], [], [], []
+    """Bare, the default sensor, the process source alone, auditd and bpftrace, alternating."""
+    tools = {"sensor run (default)": lambda r: sensor_round(tmp, f"default{r}", n),
+             "sensor run (process source only)": lambda r: sensor_round(tmp, f"process{r}", n, PROCESS_ONLY)}
+    if shutil.which("auditd") and shutil.which("auditctl"):
+        tools["auditd, execve rule"] = lambda r: auditd_round(tmp, f"auditd{r}", n)
+    if shutil.which("bpftrace"):
+        tools["bpftrace, printf per exec"] = lambda r: bpftrace_round(tmp, f"bpftrace{r}", n)
     storm(200)  # warm the page cache
+    bare, runs = [], {name: [] for name in tools}
     for r in range(rounds):
         bare.append(storm(n)[0])
-        s = Sensor(tmp / f"storm{r}")
-        cpu0 = proc_cpu(s.p.pid)
-        wall, shell = storm(n)
-        traced.append(wall)
-        cpu.append(proc_cpu(s.p.pid) - cpu0)
-        rss.append(proc_hwm(s.p.pid))
-        s.stop()
-        execs = sum(1 for e in read_events(s.data_dir)
-                    if e["event"]["action"] == "exec" and e["process"].get("parent", {}).get("pid") == shell
-                    and e["process"].get("args") == ["/bin/true"])
-        captured.append(execs)
-    ratios = [t / b for t, b in zip(traced, bare)]
-    return {
-        "execs": n, "rounds": rounds,
-        "bare_s": bare, "traced_s": traced, "ratio_median": statistics.median(ratios),
-        "captured": captured, "capture_pct_min": 100 * min(captured) / n,
-        "sensor_cpu_s": cpu, "sensor_cpu_s_per_1000_execs": 1000 * statistics.median(cpu) / n,
-        "sensor_peak_rss_bytes": max(rss),
-    }
+        for name, run in tools.items():
+            runs[name].append(run(r))
+    out = {"execs": n, "rounds": rounds, "bare_s": bare, "tools": {}}
+    for name, rs in runs.items():
+        ratios = [x["wall"] / b for x, b in zip(rs, bare)]
+        out["tools"][name] = {
+            "wall_s": [x["wall"] for x in rs], "ratio_median": statistics.median(ratios),
+            "cpu_s": [x["cpu"] for x in rs], "cpu_us_per_exec": 1e6 * statistics.median(x["cpu"] for x in rs) / n,
+            "captured": [x["captured"] for x in rs], "lost": [x.get("lost", 0) for x in rs],
+            **({"peak_rss_bytes": max(x["rss"] for x in rs)} if "rss" in rs[0] else {}),
+        }
+    return out
 
 
 def bench_load(repeats: int = 5) -> dict:
@@ -124,23 +180,28 @@ def bench_idle(seconds: float, tmp: Path) -> dict:
 
 def write_doc(res: dict):
     s, l, i = res["storm"], res["load"], res["idle"]
+    rows = [f"| bare | {statistics.median(s['bare_s']):.2f} | 1.00x | | | |"]
+    for name, t in s["tools"].items():
+        captured = ", ".join(f"{c:,}" for c in t["captured"])
+        rss = f" (peak RSS {t['peak_rss_bytes'] / 2**20:.0f} MiB)" if "peak_rss_bytes" in t else ""
+        rows.append(f"| {name} | {statistics.median(t['wall_s']):.2f} | {t['ratio_median']:.2f}x | "
+                    f"{t['cpu_us_per_exec']:.0f}{rss} | {captured} | {sum(t['lost']):,} |")
     update_section("process", f"""## Process events
 
 Measured by bench/run.py on {res['machine']}, {res['date']}.
 
 ### Exec storm
 
-A shell forks and execs `/bin/true` {s['execs']:,} times; {s['rounds']} alternating rounds of bare and
-traced (`sensor run`, default config) in one run.
+A shell forks and execs `/bin/true` {s['execs']:,} times; {s['rounds']} rounds, each running bare and under
+every tool in turn, so all see the same machine load; the slowdown is the median of the rounds'
+ratios. CPU is the tool's own (utime + stime of the sensor, auditd or bpftrace process) during the
+storm, per exec: one fork, one exec and one exit, each a stored event for the sensor, with argv,
+entity, executable hash checks and rules evaluated. auditd writes one record set per execve, bpftrace
+one line.
 
-| figure | value |
-| --- | --- |
-| execs captured / execs done | {', '.join(f'{c:,}/{s["execs"]:,}' for c in s['captured'])} (min {s['capture_pct_min']:.1f} %) |
-| wall time bare (s) | {', '.join(f'{t:.2f}' for t in s['bare_s'])} |
-| wall time traced (s) | {', '.join(f'{t:.2f}' for t in s['traced_s'])} |
-| traced / bare, median | {s['ratio_median']:.2f}x |
-| sensor CPU seconds per round | {', '.join(f'{c:.2f}' for c in s['sensor_cpu_s'])} ({s['sensor_cpu_s_per_1000_execs']:.2f} s per 1,000 execs; each exec also makes a fork and an exit event) |
-| sensor peak RSS | {s['sensor_peak_rss_bytes'] / 2**20:.1f} MiB |
+| tool | wall s (median) | slowdown (median) | CPU µs per exec (median) | execs captured per round | lost |
+| --- | --- | --- | --- | --- | --- |
+{chr(10).join(rows)}
 
 ### Start and idle
 
@@ -155,7 +216,7 @@ traced (`sensor run`, default config) in one run.
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--execs", type=int, default=5000)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--idle-seconds", type=float, default=60)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="sensor-bench-") as tmp:
