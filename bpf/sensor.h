@@ -4,23 +4,27 @@
  *
  * Every record in a ring buffer starts with struct event_header. Python mirrors these structs
  * in sensor/wire.py, and tests/test_wire.py checks sizes and offsets against the BTF of the
- * compiled objects, so a change here that is not made there fails the tests.
+ * compiled objects, so a change here that is not made there fails the tests. Constants are named
+ * enums, never #defines, and struct wire_enums at the end carries each enum into the BTF, where the
+ * same tests compare every value with its Python name.
  * Fields are ordered largest first and padded explicitly: no implicit holes.
  */
 #ifndef __SENSOR_H
 #define __SENSOR_H
 
-#define TASK_COMM_LEN 16
+/* comm fields are TASK_COMM_LEN (16) bytes: the kernel's own enum, from vmlinux.h */
 
 /* Exec record payload bounds. The variable part (data[]) holds, in order: the argv block
  * (NUL-separated, as the kernel keeps it), the filename passed to execve, then the paths of
  * the executable and of the cwd as dentry names leaf first, each NUL-terminated (user space
  * reverses them). */
-#define ARGS_MAX 8192
-#define FILENAME_MAX_LEN 512
-#define NAME_MAX_LEN 256
-#define PATH_DEPTH_MAX 32
-#define EXEC_DATA_MAX 16384 /* power of two: offsets are masked with EXEC_DATA_MAX - 1 */
+enum exec_limits {
+	ARGS_MAX = 8192,
+	FILENAME_MAX_LEN = 512,
+	NAME_MAX_LEN = 256,
+	PATH_DEPTH_MAX = 32,
+	EXEC_DATA_MAX = 16384, /* power of two: offsets are masked with EXEC_DATA_MAX - 1 */
+};
 
 enum event_type {
 	EVENT_EXEC = 1,
@@ -125,9 +129,11 @@ struct tamper_event {
 /* File activity (activity/file.c). Paths are absolute and root first: built from the dentries of an
  * open file, or, for calls that name a path, from the cwd or dirfd's dentries joined with the
  * string the caller passed (not resolved further: symlinks inside it stay as named). */
-#define FILE_PATH_MAX 4096 /* power of two: offsets are masked with FILE_PATH_MAX - 1 */
-#define FILE_DEPTH_MAX 64
-#define PREFIX_MAX 256     /* bytes of a path the watch/exclude prefixes are matched against */
+enum file_limits {
+	FILE_PATH_MAX = 4096, /* power of two: offsets are masked with FILE_PATH_MAX - 1 */
+	FILE_DEPTH_MAX = 64,
+	PREFIX_MAX = 256,     /* bytes of a path the watch/exclude prefixes are matched against */
+};
 
 enum file_op {
 	FILE_CREATE = 1,
@@ -160,7 +166,10 @@ enum file_call_kind {
 	FC_FD = 4,    /* at entry: arg `path` is the fd the op applies to */
 	FC_PATH = 5,  /* at entry, sent at exit if it succeeded: `dirfd` + `path` name the file */
 };
-#define FC_NONE 0xff
+
+enum file_call_arg {
+	FC_NONE = 0xff,
+};
 
 struct file_call {
 	__u8 kind;   /* enum file_call_kind; 0: not a file call */
@@ -209,7 +218,9 @@ struct file_event {
 /* Network activity (activity/net.c): TCP from sock:inet_sock_set_state, accept/bind/listen and UDP
  * from the raw syscall tracepoints. Addresses are 16 bytes (IPv4 in the first 4), ports in host
  * order; local is this host's end, remote the peer's. */
-#define NET_PAYLOAD_MAX 512 /* DNS messages over UDP fit (RFC 1035 without EDNS) */
+enum net_limits {
+	NET_PAYLOAD_MAX = 512, /* DNS messages over UDP fit (RFC 1035 without EDNS) */
+};
 
 enum net_op {
 	NET_CONNECT = 1, /* an outbound TCP connection was established (or failed: NET_FAILED) */
@@ -250,7 +261,9 @@ struct net_event {
 /* Security-relevant syscalls (activity/security.c), steered by the security_calls table user space
  * fills: one record per call that passed the kernel's filter, at exit, with its raw arguments,
  * its return value, and up to three strings (user strings, or the path of an fd argument). */
-#define SEC_STR_MAX 512
+enum sec_limits {
+	SEC_STR_MAX = 512,
+};
 
 enum sec_filter {
 	SEC_ANY = 0,
@@ -282,9 +295,11 @@ struct sec_event {
 
 /* Syscall tracing (`sensor trace`). Its ring buffer holds only syscall records, all of one size
  * per session, so they carry no event_header and user space decodes whole batches with numpy. */
-#define SYSCALL_NR_MAX 1024  /* syscall_spec entries; larger numbers are never decoded */
-#define TRACE_PATH_MAX 256
-#define TRACE_ADDR_MAX 128   /* enough for sockaddr_in6 and a sockaddr_un path */
+enum trace_limits {
+	SYSCALL_NR_MAX = 1024, /* syscall_spec entries; larger numbers are never decoded */
+	TRACE_PATH_MAX = 256,
+	TRACE_ADDR_MAX = 128,  /* enough for sockaddr_in6 and a sockaddr_un path */
+};
 
 enum syscall_flags {
 	SC_NO_RETURN = 1 << 0,    /* exit/exit_group: emitted at entry, ret and duration are 0 */
@@ -304,7 +319,10 @@ enum spec_flags {
 	SPEC_WANTED = 1 << 0,
 	SPEC_ADDR_AT_EXIT = 1 << 1, /* the sockaddr is an output (accept, recvfrom, getpeername) */
 };
-#define SPEC_ARG_NONE 0xff
+
+enum spec_arg {
+	SPEC_ARG_NONE = 0xff,
+};
 
 struct syscall_spec {
 	__u8 flags;
@@ -344,9 +362,11 @@ struct syscall_args_event {
  * full and whenever its CPU switches tasks, so a thread's records reach the ring in order even
  * when it moves between CPUs; user space reads what is left once the programs are detached.
  * A ring record is then n consecutive records of one kind, n from 1 to the batch size. */
-#define TRACE_BATCH 64       /* struct syscall_event records */
-#define TRACE_BATCH_ARGS 16  /* struct syscall_args_event records (--args) */
-#define TRACE_BATCH_BYTES 11776
+enum trace_batch_limits {
+	TRACE_BATCH = 64,          /* struct syscall_event records */
+	TRACE_BATCH_ARGS = 16,     /* struct syscall_args_event records (--args) */
+	TRACE_BATCH_BYTES = 11776,
+};
 
 struct trace_batch {
 	__u32 n;
@@ -368,5 +388,34 @@ struct trace_held {
 	__u64 turn; /* 2 * lap: free for the batch of lap (position / TRACE_HELD); + 1: holds it */
 	struct trace_batch batch;
 };
+
+/* Every enum above, typed once. clang writes into BTF only the types a variable or function uses;
+ * this unused pointer (libbpf-tools' and cilium's way of exporting types) brings them all there,
+ * where tests/test_wire.py compares each value with sensor/wire.py. 8 bytes of .rodata. */
+struct wire_enums {
+	enum exec_limits exec_limits;
+	enum event_type event_type;
+	enum tamper_kind tamper_kind;
+	enum event_flags event_flags;
+	enum file_limits file_limits;
+	enum file_op file_op;
+	enum file_flags file_flags;
+	enum file_call_kind file_call_kind;
+	enum file_call_arg file_call_arg;
+	enum prefix_kind prefix_kind;
+	enum net_limits net_limits;
+	enum net_op net_op;
+	enum net_flags net_flags;
+	enum sec_limits sec_limits;
+	enum sec_filter sec_filter;
+	enum trace_limits trace_limits;
+	enum syscall_flags syscall_flags;
+	enum trace_state trace_state;
+	enum spec_flags spec_flags;
+	enum spec_arg spec_arg;
+	enum trace_batch_limits trace_batch_limits;
+	enum trace_held_limits trace_held_limits;
+};
+const struct wire_enums *const volatile wire_enums = 0;
 
 #endif /* __SENSOR_H */

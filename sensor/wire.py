@@ -1,27 +1,25 @@
-"""The Python mirror of bpf/sensor.h: record layouts as numpy dtypes, and constants.
+"""The Python mirror of bpf/sensor.h: its enum values, and record layouts as numpy dtypes and ctypes structs."""
+import ctypes
 
-tests/test_wire.py checks every dtype here against the BTF of the compiled objects.
-"""
 import numpy as np
 
-TASK_COMM_LEN = 16
-ARGS_MAX = 8192
-PATH_DEPTH_MAX = 32
+# tests/test_wire.py compares every constant here with the enum value of the same name in the compiled
+# objects' BTF, checks that no enum value of the header is missing here, and checks every layout.
+# Grouped as the header's enums are, in its order.
 
+TASK_COMM_LEN = 16  # the kernel's, from vmlinux.h: checked as the size of the comm fields
+
+# enum exec_limits
+ARGS_MAX, FILENAME_MAX_LEN, NAME_MAX_LEN, PATH_DEPTH_MAX, EXEC_DATA_MAX = 8192, 512, 256, 32, 16384
+
+# enum event_type, tamper_kind
 (EVENT_EXEC, EVENT_FORK, EVENT_EXIT, EVENT_SYSCALL, EVENT_TAMPER, EVENT_FILE, EVENT_NET,
  EVENT_SECURITY) = range(1, 9)
 EVENT_BLOCKED = 9  # a file_event: a process opened a blocked file and was killed
 EVENT_TYPES = {EVENT_EXEC: "exec", EVENT_FORK: "fork", EVENT_EXIT: "exit", EVENT_TAMPER: "tamper"}
 TAMPER_SIGNAL, TAMPER_PTRACE = 1, 2
 
-SYSCALL_NR_MAX = 1024
-TRACE_PATH_MAX = 256
-TRACE_ADDR_MAX = 128
-SC_NO_RETURN, SC_PATH_TRUNCATED, SC_PATH2_TRUNCATED = 1, 2, 4
-SPEC_WANTED, SPEC_ADDR_AT_EXIT = 1, 2
-SPEC_ARG_NONE = 0xFF
-TRACE_ON, TRACE_ARMED = 1, 2
-
+# enum event_flags
 FLAG_ARGS_TRUNCATED = 1 << 0
 FLAG_FILENAME_TRUNCATED = 1 << 1
 FLAG_EXE_TRUNCATED = 1 << 2
@@ -31,21 +29,30 @@ FLAG_DATA_FULL = 1 << 5
 FLAG_BLOCKED = 1 << 6
 FLAG_WRITTEN = 1 << 7
 
-FILE_PATH_MAX = 4096
-PREFIX_MAX = 256
+# enum file_limits, file_op, file_flags, file_call_kind, file_call_arg, prefix_kind
+FILE_PATH_MAX, FILE_DEPTH_MAX, PREFIX_MAX = 4096, 64, 256
 (FILE_CREATE, FILE_WRITE, FILE_DELETE, FILE_RENAME, FILE_CHMOD, FILE_CHOWN, FILE_LINK, FILE_SYMLINK,
  FILE_TRUNCATE, FILE_MKDIR, FILE_RMDIR) = range(1, 12)
 FILE_PATH_TRUNCATED, FILE_PATH2_TRUNCATED, FILE_AT_CLOSE, FILE_HAS_INODE = 1, 2, 4, 8
-PREFIX_WATCH, PREFIX_EXCLUDE = 1, 2
 FC_OPEN, FC_WRITE, FC_CLOSE, FC_FD, FC_PATH = 1, 2, 3, 4, 5
 FC_NONE = 0xFF
+PREFIX_WATCH, PREFIX_EXCLUDE = 1, 2
 
+# enum net_limits, net_op, net_flags
 NET_PAYLOAD_MAX = 512
 NET_CONNECT, NET_ACCEPT, NET_CLOSE, NET_UDP_SEND, NET_UDP_RECV, NET_BIND, NET_LISTEN = range(1, 8)
 NET_FAILED, NET_PAYLOAD_CUT, NET_INBOUND = 1, 2, 4
 
+# enum sec_limits, sec_filter
 SEC_STR_MAX = 512
 SEC_ANY, SEC_PTRACE, SEC_SIGNAL, SEC_BPF = 0, 1, 2, 3
+
+# enum trace_limits, syscall_flags, trace_state, spec_flags, spec_arg (trace_batch_limits: by trace_batch)
+SYSCALL_NR_MAX, TRACE_PATH_MAX, TRACE_ADDR_MAX = 1024, 256, 128
+SC_NO_RETURN, SC_PATH_TRUNCATED, SC_PATH2_TRUNCATED = 1, 2, 4
+TRACE_ON, TRACE_ARMED = 1, 2
+SPEC_WANTED, SPEC_ADDR_AT_EXIT = 1, 2
+SPEC_ARG_NONE = 0xFF
 
 _HEADER = [
     ("ts_ns", "<u8"), ("type", "<u4"), ("size", "<u4"),
@@ -116,7 +123,7 @@ file_event = np.dtype(_HEADER + [
 net_event = np.dtype(_HEADER + [
     ("start_ns", "<u8"), ("duration_ns", "<u8"), ("bytes_sent", "<u8"), ("bytes_received", "<u8"),
     ("netns", "<u4"), ("op", "<u2"), ("family", "<u2"), ("protocol", "<u2"), ("lport", "<u2"),
-    ("rport", "<u2"), ("flags", "<u2"), ("laddr", "S16"), ("raddr", "S16"), ("payload_len", "<u2"),
+    ("rport", "<u2"), ("flags", "<u2"), ("laddr", "V16"), ("raddr", "V16"), ("payload_len", "<u2"),
     ("_pad2", "V6"), ("comm", f"S{TASK_COMM_LEN}"),
 ])
 
@@ -153,3 +160,33 @@ STRUCTS = {
     "sec_call": sec_call,
     "sec_event": sec_event,
 }
+
+_SCALARS = {"u1": ctypes.c_uint8, "u2": ctypes.c_uint16, "u4": ctypes.c_uint32, "u8": ctypes.c_uint64,
+            "i4": ctypes.c_int32, "i8": ctypes.c_int64}
+
+
+def _ctype(name: str, dtype: np.dtype) -> type[ctypes.Structure]:
+    """The ctypes struct of a dtype, for decoding one record by field name: a char array (S) reads
+    as bytes up to its first NUL, as C reads it; raw bytes (V) as an array of bytes."""
+    fields = []
+    for field in dtype.names:
+        sub = dtype.fields[field][0]
+        base = sub.base
+        if base.names:
+            t = _ctype(field, base)
+        elif base.kind in "SV":
+            t = (ctypes.c_char if base.kind == "S" else ctypes.c_uint8) * base.itemsize
+        else:
+            t = _SCALARS[f"{base.kind}{base.itemsize}"]
+        for n in reversed(sub.shape):
+            t = t * n
+        fields.append((field, t))
+    cls = type(name, (ctypes.LittleEndianStructure,), {"_fields_": fields})
+    # the dtypes are packed and the C structs have no implicit holes: natural alignment agrees
+    assert ctypes.sizeof(cls) == dtype.itemsize and all(
+        getattr(cls, f).offset == dtype.fields[f][1] for f in dtype.names), name
+    return cls
+
+
+# C struct name -> ctypes struct, built from the dtypes above (so checked against BTF with them).
+CTYPES = {name: _ctype(name, dtype) for name, dtype in STRUCTS.items()}

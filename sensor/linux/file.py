@@ -1,16 +1,17 @@
 """File activity source on Linux: bpf/activity/file.c's records, filtered by path prefix in the kernel."""
 from __future__ import annotations
 
+import ctypes
 import posixpath
-import struct
 
 from .. import wire
 from ..files import prefix_bytes
 from ..records import FileActivity
 from .activity import Activity, ActivityPart
-from .process import _cstr, _struct
+from .process import _cstr
 
-_FILE = _struct(wire.file_event)
+_FILE, _CALL, _PREFIX_KEY = wire.CTYPES["file_event"], wire.CTYPES["file_call"], wire.CTYPES["prefix_key"]
+_PATH_AT = ctypes.sizeof(_FILE)  # the path follows the struct, path2 FILE_PATH_MAX further
 OPS = {wire.FILE_CREATE: "create", wire.FILE_WRITE: "write", wire.FILE_DELETE: "delete",
        wire.FILE_RENAME: "rename", wire.FILE_CHMOD: "chmod", wire.FILE_CHOWN: "chown",
        wire.FILE_LINK: "link", wire.FILE_SYMLINK: "symlink", wire.FILE_TRUNCATE: "truncate",
@@ -25,7 +26,7 @@ def prefix_key(prefix: bytes) -> bytes:
 
         raise ConfigError(f"files.paths/files.exclude: a prefix longer than {wire.PREFIX_MAX} bytes: "
                           f"{prefix[:60]!r}...")
-    return struct.pack("<I", len(prefix) * 8) + prefix.ljust(wire.PREFIX_MAX, b"\0")
+    return bytes(_PREFIX_KEY(prefixlen=len(prefix) * 8, path=prefix))
 
 
 def _clean(path: bytes) -> bytes:
@@ -70,21 +71,20 @@ def call_table(numbers: dict[str, int]) -> dict[int, bytes]:
     out = {}
     for name, (kind, op, args) in CALLS.items():
         if name in numbers:
-            f = {"dirfd": _N, "path": _N, "dirfd2": _N, "path2": _N, "mode": _N, "owner": _N,
-                 "flags": _N, "bytes": _N, "raw2": 0, **args}
-            out[numbers[name]] = bytes([kind, op, f["dirfd"], f["path"], f["dirfd2"], f["path2"], f["mode"],
-                                        f["owner"], f["flags"], f["bytes"], f["raw2"]]).ljust(16, b"\0")
+            out[numbers[name]] = bytes(_CALL(kind=kind, op=op, **{
+                "dirfd": _N, "path": _N, "dirfd2": _N, "path2": _N, "mode": _N, "owner": _N,
+                "flags": _N, "bytes": _N, "raw2": 0, **args}))
     return out
 
 
 def decode(raw: bytes) -> FileActivity | None:
-    (ts, kind, _, pid, tid, _, _, start, dev, ino, count, nbytes, op, flags, mode, uid, gid,
-     path_len, path2_len, comm) = _FILE.unpack_from(raw)
-    if kind != wire.EVENT_FILE or op not in OPS:
+    r = _FILE.from_buffer_copy(raw)
+    op, flags, mode, uid, gid, path2_len = r.op, r.flags, r.mode, r.uid, r.gid, r.path2_len
+    if r.type != wire.EVENT_FILE or op not in OPS:
         return None
-    base = _FILE.size
-    path = _cstr(raw[base:base + path_len])
-    path2 = _cstr(raw[base + wire.FILE_PATH_MAX:base + wire.FILE_PATH_MAX + path2_len]) if path2_len else None
+    path = _cstr(raw[_PATH_AT:_PATH_AT + r.path_len])
+    base2 = _PATH_AT + wire.FILE_PATH_MAX
+    path2 = _cstr(raw[base2:base2 + path2_len]) if path2_len else None
     has_inode = bool(flags & wire.FILE_HAS_INODE)
     if not has_inode:  # built from the caller's string: normalise what the kernel joined
         path = _clean(path)
@@ -93,11 +93,11 @@ def decode(raw: bytes) -> FileActivity | None:
     truncated = frozenset(n for bit, n in ((wire.FILE_PATH_TRUNCATED, "path"),
                                            (wire.FILE_PATH2_TRUNCATED, "path2")) if flags & bit)
     return FileActivity(
-        ts_ns=ts, pid=pid, tid=tid, start_ns=start, op=OPS[op], path=path, path2=path2,
-        dev=dev if has_inode else None, ino=ino if has_inode else None,
+        ts_ns=r.ts_ns, pid=r.pid, tid=r.tid, start_ns=r.start_ns, op=OPS[op], path=path, path2=path2,
+        dev=r.dev if has_inode else None, ino=r.ino if has_inode else None,
         mode=mode if (has_inode or mode) else None,
         uid=None if uid == _NO_ID else uid, gid=None if gid == _NO_ID else gid,
-        count=count, bytes=nbytes, comm=_cstr(comm), truncated=truncated,
+        count=r.count, bytes=r.bytes, comm=r.comm, truncated=truncated,
         at_close=bool(flags & wire.FILE_AT_CLOSE))
 
 

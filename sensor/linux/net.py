@@ -1,14 +1,15 @@
 """Network activity source on Linux: bpf/activity/net.c's connection, datagram, bind and listen records."""
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 
 from .. import wire
 from ..records import NetActivity
 from .activity import Activity, ActivityPart
-from .process import _cstr, _struct
 
-_NET = _struct(wire.net_event)
+_NET = wire.CTYPES["net_event"]
+_PAYLOAD_AT = ctypes.sizeof(_NET)
 OPS = {wire.NET_CONNECT: "connect", wire.NET_ACCEPT: "accept", wire.NET_CLOSE: "close",
        wire.NET_UDP_SEND: "udp-send", wire.NET_UDP_RECV: "udp-receive", wire.NET_BIND: "bind",
        wire.NET_LISTEN: "listen"}
@@ -25,21 +26,21 @@ def _ip(family: int, raw: bytes) -> str:
 
 
 def decode(raw: bytes) -> NetActivity | None:
-    (ts, kind, _, pid, tid, _, _, start, duration, sent, received, netns, op, family, proto, lport, rport,
-     flags, laddr, raddr, payload_len, _, comm) = _NET.unpack_from(raw)
-    if kind != wire.EVENT_NET or op not in OPS or family not in (_AF_INET, _AF_INET6):
+    r = _NET.from_buffer_copy(raw)
+    op, family, flags = r.op, r.family, r.flags
+    if r.type != wire.EVENT_NET or op not in OPS or family not in (_AF_INET, _AF_INET6):
         return None
-    transport = _TRANSPORTS.get(proto, str(proto))
+    transport = _TRANSPORTS.get(r.protocol, str(r.protocol))
     name = OPS[op]
     if transport == "tcp" and op in (wire.NET_UDP_SEND, wire.NET_UDP_RECV):  # DNS over TCP
         name = "tcp-send" if op == wire.NET_UDP_SEND else "tcp-receive"
     return NetActivity(
-        ts_ns=ts, pid=pid, tid=tid, start_ns=start, op=name, transport=transport,
-        local=(_ip(family, laddr.ljust(16, b"\0")), lport), remote=(_ip(family, raddr.ljust(16, b"\0")), rport),
-        netns=netns, duration_ns=duration, bytes_sent=sent, bytes_received=received,
+        ts_ns=r.ts_ns, pid=r.pid, tid=r.tid, start_ns=r.start_ns, op=name, transport=transport,
+        local=(_ip(family, bytes(r.laddr)), r.lport), remote=(_ip(family, bytes(r.raddr)), r.rport),
+        netns=r.netns, duration_ns=r.duration_ns, bytes_sent=r.bytes_sent, bytes_received=r.bytes_received,
         failed=bool(flags & wire.NET_FAILED), inbound=bool(flags & wire.NET_INBOUND),
-        payload=bytes(raw[_NET.size:_NET.size + payload_len]), payload_cut=bool(flags & wire.NET_PAYLOAD_CUT),
-        comm=_cstr(comm))
+        payload=bytes(raw[_PAYLOAD_AT:_PAYLOAD_AT + r.payload_len]), payload_cut=bool(flags & wire.NET_PAYLOAD_CUT),
+        comm=r.comm)
 
 
 class NetSource(ActivityPart):

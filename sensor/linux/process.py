@@ -1,12 +1,11 @@
 """Process lifecycle source on Linux: bpf/process.bpf.c's exec/fork/exit records, decoded."""
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import struct
 from pathlib import Path
-
-import numpy as np
 
 from .. import wire
 from ..records import ProcessExec, ProcessExit, ProcessFork, Tamper
@@ -19,23 +18,13 @@ log = logging.getLogger("sensor.linux.process")
 
 OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "process.bpf.o"
 LSM_OBJECT = OBJECT.with_name("lsm.bpf.o")
-_CODES = {"u8": "Q", "u4": "I", "u2": "H"}
 
-
-def _struct(dtype: np.dtype) -> struct.Struct:
-    """A struct.Struct with dtype's layout: faster than numpy for one record at a time."""
-    fmt = "<"
-    for name in dtype.names:
-        sub = dtype.fields[name][0]
-        fmt += f"{sub.itemsize}s" if sub.kind in "SV" else _CODES[f"u{sub.itemsize}"]
-    s = struct.Struct(fmt)
-    assert s.size == dtype.itemsize, (s.size, dtype.itemsize)
-    return s
-
-
-_EXEC, _FORK, _EXIT, _TAMPER = (_struct(d) for d in (wire.exec_event, wire.fork_event, wire.exit_event,
-                                                      wire.tamper_event))
-_TYPE = struct.Struct("<I")
+# Records are read by field name through ctypes structs (from_buffer_copy copies only the fixed part):
+# faster than numpy for one record at a time; char arrays read as bytes up to their NUL.
+_EXEC, _FORK, _EXIT, _TAMPER, _FILE_KEY = (wire.CTYPES[n] for n in (
+    "exec_event", "fork_event", "exit_event", "tamper_event", "file_key"))
+_EXEC_SIZE = ctypes.sizeof(_EXEC)  # data[] starts here
+_TYPE, _TYPE_AT = struct.Struct("<I"), wire.CTYPES["event_header"].type.offset
 _TRUNC = ((wire.FLAG_ARGS_TRUNCATED, "args"), (wire.FLAG_FILENAME_TRUNCATED, "filename"),
           (wire.FLAG_EXE_TRUNCATED, "executable"), (wire.FLAG_CWD_TRUNCATED, "cwd"))
 
@@ -55,28 +44,29 @@ def kernel_path(components: bytes | None) -> bytes | None:
 
 def decode(raw: bytes):
     """One ring-buffer record to its ProcessExec/Fork/Exit, or None for an unknown type."""
-    kind = _TYPE.unpack_from(raw, 8)[0]
+    kind = _TYPE.unpack_from(raw, _TYPE_AT)[0]
     if kind == wire.EVENT_EXEC:
         return _decode_exec(raw)
     if kind == wire.EVENT_FORK:
-        (ts, _, _, pid, tid, _, _, start, pstart, cpid, ctid, flags, uid, comm) = _FORK.unpack_from(raw)
-        return ProcessFork(ts, pid, tid, cpid, ctid, start, pstart, uid, _cstr(comm),
-                           thread=bool(flags & wire.FLAG_THREAD))
+        r = _FORK.from_buffer_copy(raw)
+        return ProcessFork(r.ts_ns, r.pid, r.tid, r.child_pid, r.child_tid, r.start_ns, r.parent_start_ns, r.uid,
+                           r.comm, thread=bool(r.flags & wire.FLAG_THREAD))
     if kind == wire.EVENT_TAMPER:
-        (ts, _, _, pid, tid, _, _, target, tkind, sig, request, comm) = _TAMPER.unpack_from(raw)
-        return Tamper(ts, pid, tid, target, sig if tkind == wire.TAMPER_SIGNAL else 0, request, _cstr(comm))
+        r = _TAMPER.from_buffer_copy(raw)
+        return Tamper(r.ts_ns, r.pid, r.tid, r.target_pid, r.sig if r.kind == wire.TAMPER_SIGNAL else 0,
+                      r.request, r.comm)
     if kind == wire.EVENT_EXIT:
-        (ts, _, _, pid, _, _, _, start, ppid, code, comm) = _EXIT.unpack_from(raw)
-        return ProcessExit(ts, pid, ppid, start, code, _cstr(comm))
+        r = _EXIT.from_buffer_copy(raw)
+        return ProcessExit(r.ts_ns, r.pid, r.ppid, r.start_ns, r.exit_code, r.comm)
     if kind == wire.EVENT_BLOCKED:  # the activity programs' blocked opens share this ring
         return decode_blocked(raw)
     return None
 
 
 def _decode_exec(raw: bytes) -> ProcessExec:
-    (ts, _, _, pid, tid, _, _, start, pstart, cgroup, ppid, _ptid, _old, uid, gid, euid, egid,
-     loginuid, sessionid, argc, args_len, fn_len, exe_len, cwd_len, flags, comm, _) = _EXEC.unpack_from(raw)
-    data = memoryview(raw)[_EXEC.size:]
+    r = _EXEC.from_buffer_copy(raw)
+    args_len, exe_len, cwd_len, flags = r.args_len, r.exe_len, r.cwd_len, r.flags
+    data = memoryview(raw)[_EXEC_SIZE:]
     pos = 0
 
     def take(n):
@@ -86,17 +76,17 @@ def _decode_exec(raw: bytes) -> ProcessExec:
         return chunk
 
     args_block = take(args_len)
-    filename = _cstr(take(fn_len))
+    filename = _cstr(take(r.filename_len))
     exe = take(exe_len)
     cwd = take(cwd_len)
     args = args_block.split(b"\0")
     if args_block.endswith(b"\0"):
         args.pop()
     return ProcessExec(
-        ts_ns=ts, pid=pid, tid=tid, ppid=ppid, start_ns=start, parent_start_ns=pstart,
-        uid=uid, gid=gid, euid=euid, egid=egid, argc=argc, args=tuple(args), filename=filename,
+        ts_ns=r.ts_ns, pid=r.pid, tid=r.tid, ppid=r.ppid, start_ns=r.start_ns, parent_start_ns=r.parent_start_ns,
+        uid=r.uid, gid=r.gid, euid=r.euid, egid=r.egid, argc=r.argc, args=tuple(args), filename=filename,
         executable=kernel_path(exe) if exe_len else None, cwd=kernel_path(cwd) if cwd_len else None,
-        comm=_cstr(comm), loginuid=loginuid, sessionid=sessionid, cgroup_id=cgroup,
+        comm=r.comm, loginuid=r.loginuid, sessionid=r.sessionid, cgroup_id=r.cgroup_id,
         truncated=frozenset(name for bit, name in _TRUNC if flags & bit),
         blocked=bool(flags & wire.FLAG_BLOCKED), written=bool(flags & wire.FLAG_WRITTEN),
     )
@@ -140,7 +130,7 @@ class ProcessSource(RingSource):
             o.map("ignored_tgids").update(os.getpid(), b"\x01")
             blocked = o.map("blocked_exec")
             for dev, ino in self.blocked:
-                blocked.update(struct.pack("<QQ", dev, ino), b"\x01")
+                blocked.update(bytes(_FILE_KEY(dev=dev, ino=ino)), b"\x01")
 
         return self._open(obj, setup, attach)
 
@@ -199,7 +189,7 @@ class ProcessSource(RingSource):
 
     def block(self, dev: int, ino: int):
         """Adds an executable's inode to the kernel's block list while running."""
-        self._obj.map("blocked_exec").update(struct.pack("<QQ", dev, ino), b"\x01")
+        self._obj.map("blocked_exec").update(bytes(_FILE_KEY(dev=dev, ino=ino)), b"\x01")
 
     def stats(self) -> dict:
         return {**super().stats(), "enforcement": self.enforcement}

@@ -3,12 +3,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
-
 from .. import syscalls, wire
 from ..records import SecurityCall
 from .activity import Activity, ActivityPart
-from .process import _cstr
 
 _N = wire.FC_NONE
 
@@ -31,16 +28,16 @@ CALLS = {
 }
 
 
+_CALL, _SEC = wire.CTYPES["sec_call"], wire.CTYPES["sec_event"]
+
+
 def call_table(numbers: dict[str, int]) -> dict[int, bytes]:
+    """security_calls entries {syscall nr: struct sec_call} for the syscalls this arch has."""
     out = {}
     for name, (filt, strs, fd) in CALLS.items():
         if name in numbers:
-            s = (list(strs) + [_N] * 3)[:3]
-            out[numbers[name]] = bytes([1, filt, *s, fd, 0, 0])
+            out[numbers[name]] = bytes(_CALL(wanted=1, filter=filt, str=(*strs, _N, _N, _N)[:3], fd_path=fd))
     return out
-
-
-_SEC = wire.sec_event
 
 
 @lru_cache(maxsize=1)
@@ -49,18 +46,16 @@ def _names() -> list[str]:
 
 
 def decode(raw: bytes) -> SecurityCall | None:
-    rec = np.frombuffer(raw[:_SEC.itemsize], dtype=_SEC)[0]
-    if int(rec["type"]) != wire.EVENT_SECURITY:
+    r = _SEC.from_buffer_copy(raw)
+    if r.type != wire.EVENT_SECURITY:
         return None
-    nr = int(rec["nr"])
-    strings = tuple(bytes(rec["str"][i][:max(int(rec["str_len"][i]) - 1, 0)]) if rec["str_len"][i] else None
-                    for i in range(3))
-    flags = int(rec["flags"])
+    nr, flags, names = r.nr, r.flags, _names()
+    strings = tuple(s[:n - 1] if n else None for s, n in zip(r.str, r.str_len))
     return SecurityCall(
-        ts_ns=int(rec["ts_ns"]), pid=int(rec["pid"]), tid=int(rec["tid"]), start_ns=int(rec["start_ns"]),
-        syscall=_names()[nr] if nr < len(_names()) and _names()[nr] else str(nr),
-        args=tuple(int(a) for a in rec["args"]), ret=int(rec["ret"]), strings=strings,
-        truncated=frozenset(i for i in range(3) if flags & (1 << i)), comm=_cstr(bytes(rec["comm"])))
+        ts_ns=r.ts_ns, pid=r.pid, tid=r.tid, start_ns=r.start_ns,
+        syscall=names[nr] if nr < len(names) and names[nr] else str(nr),
+        args=tuple(r.args), ret=r.ret, strings=strings,
+        truncated=frozenset(i for i in range(3) if flags & (1 << i)), comm=r.comm)
 
 
 class SecuritySource(ActivityPart):
