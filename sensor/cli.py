@@ -130,7 +130,10 @@ def cmd_run(args) -> int:
     from .pipeline import Pipeline
 
     pipeline = Pipeline(cfg).start()
-    stop, _ = stop_on((signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    stop, _ = stop_on((signal.SIGTERM, signal.SIGINT))
+    from .reload import Reloader  # SIGHUP (systemctl reload): rules and response policies
+
+    Reloader(pipeline, lambda: config.resolve(args)).install(signal.SIGHUP)
     console = cfg["console"] == "on" or (cfg["console"] == "auto" and sys.stdout.isatty())
     print(f"sensor {__version__}: tracing {', '.join(s.name for s in pipeline.sources) or 'nothing'}"
           f" into {pipeline.store.events_dir}; Ctrl-C stops", file=sys.stderr)
