@@ -88,7 +88,9 @@ class Stamper:
     def __init__(self, host: Host):
         self.host = host
         self._seq = itertools.count(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        # shared by every event: sinks read events, never change them
         self._agent = {"type": "sensor", "version": __version__}
+        self._ecs = {"version": ECS_VERSION}
         self._boot = host.boot_id.replace("-", "")[:16]
 
     def stamp(self, event: dict, boot_ns: int | None = None) -> dict:
@@ -97,13 +99,17 @@ class Stamper:
         ev = event.setdefault("event", {})
         ev["sequence"] = seq
         ev["id"] = f"{self._boot}-{seq:x}"
-        ev.setdefault("kind", "event")
+        if "kind" not in ev:
+            ev["kind"] = "event"
         event["@timestamp"] = rfc3339(unix_ns)
         # the host's identity, beside what a source put under host (host.metrics)
         event["host"] = {**event["host"], **self.host.ecs} if "host" in event else self.host.ecs
         event["agent"] = self._agent
-        event["ecs"] = {"version": ECS_VERSION}
-        event.setdefault("sensor", {})["schema"] = SCHEMA_VERSION
+        event["ecs"] = self._ecs
+        if "sensor" in event:
+            event["sensor"]["schema"] = SCHEMA_VERSION
+        else:
+            event["sensor"] = {"schema": SCHEMA_VERSION}
         return event
 
 
