@@ -7,7 +7,7 @@ import platform
 import socket
 import time
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 # /proc/PID/stat reports start times in USER_HZ ticks; the kernel's start_boottime is in ns.
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -59,8 +59,12 @@ class Host:
 
         start_ns is reduced to USER_HZ ticks because /proc only knows the start to that grain.
         """
-        key = f"{self.boot_id}:{pid}:{start_ns // NS_PER_TICK}".encode()
-        return hashlib.blake2b(key, digest_size=12).hexdigest()
+        return _entity_id(self.boot_id, pid, start_ns // NS_PER_TICK)
+
+
+@lru_cache(maxsize=8192)  # each process is named by its own events, its children's and its exit
+def _entity_id(boot_id: str, pid: int, start_ticks: int) -> str:
+    return hashlib.blake2b(f"{boot_id}:{pid}:{start_ticks}".encode(), digest_size=12).hexdigest()
 
 
 def start_ticks(pid: int) -> int | None:
