@@ -3,8 +3,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
-# Build: clang/llvm/libbpf-dev/bpftool; run time: libbpf1; tests: the tools they drive.
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv procps util-linux gcc libc6-dev dbus-daemon iproute2
+# Build: clang/llvm/libbpf-dev/bpftool; run time: libbpf1; tests: the tools they drive, and the
+# fleet's servers (nats-server, postgresql: tests start their own instances, never the system's).
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv procps util-linux gcc libc6-dev dbus-daemon iproute2 \
+	nats-server postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/ppc64le/powerpc/' \

@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="keep events whose dotted FIELD equals VALUE (repeatable: all must hold)")
     ev.add_argument("--since", metavar="TIME",
                     help="RFC 3339 time, Unix seconds, or an age like 30s, 10m, 2h, 1d")
+    ev.add_argument("--postgres", metavar="DSN", help="read the fleet's central store instead of --data-dir")
+
+    from .fleet import collect
+
+    collect.add_arguments(sub.add_parser("collect", help="drain the fleet's JetStream stream into PostgreSQL"))
 
     xp = sub.add_parser("export", help="convert stored events (e.g. into the original per-collector CSVs)")
     xp.add_argument("--data-dir", default=config.OPTIONS["data_dir"][1])
@@ -122,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args) -> int:
     cfg = config.resolve(args)
     if args.backend:
+        if args.command == "collect":
+            from .fleet import collect
+
+            return collect.run(args)
         cfg["process.backend"] = args.backend
         cfg["files.backend"] = "watchdog" if args.backend == "psutil" else args.backend
         if args.backend == "psutil":
@@ -203,11 +212,17 @@ def cmd_events(args) -> int:
             raise SensorError(f"--where {w!r}: expected FIELD=VALUE, e.g. process.name=bash")
         where.append((field, value))
     since = parse_since(args.since) if args.since else None
-    if not os.path.isdir(os.path.join(args.data_dir, "events")) and not args.follow:
-        print(f"sensor: no events under {args.data_dir} (see --data-dir)", file=sys.stderr)
+    if args.postgres:
+        from .fleet.pgread import read_events as read_central
+
+        events = read_central(args.postgres, where=where, since_ns=since, follow=args.follow)
+    else:
+        if not os.path.isdir(os.path.join(args.data_dir, "events")) and not args.follow:
+            print(f"sensor: no events under {args.data_dir} (see --data-dir)", file=sys.stderr)
+        events = read_events(args.data_dir, follow=args.follow, since_ns=since)
     out = sys.stdout.buffer
     try:
-        for event in read_events(args.data_dir, follow=args.follow, since_ns=since):
+        for event in events:
             if _matches(event, where):
                 out.write(orjson.dumps(event) + b"\n")
                 if args.follow:

@@ -144,14 +144,20 @@ class Pipeline:
         self.store = Store(cfg["data_dir"], **cfg.section("store"))
         self.sinks = [self.store.write]
         self.csv = None
-        unknown = set(_items(cfg["sink"])) - {"store", "csv"}
+        unknown = set(_items(cfg["sink"])) - {"store", "csv", "nats"}
         if unknown:
-            raise ConfigError(f"sink: unknown {', '.join(sorted(unknown))} (use store, csv)")
+            raise ConfigError(f"sink: unknown {', '.join(sorted(unknown))} (use store, csv, nats)")
         if "csv" in _items(cfg["sink"]):
             from .csvsink import CsvSink
 
             self.csv = CsvSink(Path(cfg["data_dir"]) / "csv", **cfg.section("csv"))
             self.sinks.append(self.csv.write)
+        self.nats = None
+        if "nats" in _items(cfg["sink"]):
+            from .fleet.nats_sink import sink_from_config
+
+            self.nats = sink_from_config(cfg)
+            self.sinks.append(self.nats.write)
         self.rules = load_rules(cfg["rules"], cfg["rules_skip_invalid"])
         self.hasher = None
         if cfg["files.enabled"] and cfg["files.hash"]:
@@ -243,6 +249,7 @@ class Pipeline:
             "cpu_percent": round(100 * (cpu - cpu_then) / max(now - then, 1e-9), 2),
             "rss_bytes": self._proc.memory_info().rss,
             **({"notify": dict(self.notifier.stats)} if self.notifier is not None else {}),
+            **({"nats": self.nats.stats()} if self.nats is not None else {}),
             **({"hashes": dict(self.hasher.stats)} if self.hasher is not None else {}),
             **({"rules": self.rules.stats()} if self.rules is not None else {}),
         }
@@ -363,6 +370,8 @@ class Pipeline:
         self.emit_health(final=True)
         if self.csv is not None:
             self.csv.close()
+        if self.nats is not None:
+            self.nats.close()  # after the final health event, which it carries too
         for s in self.sources:
             s.close()
         self.store.close()

@@ -1,0 +1,1 @@
+"""Fleet: events over NATS JetStream (outbox, publisher) into PostgreSQL (collector, reader)."""

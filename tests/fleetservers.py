@@ -1,0 +1,158 @@
+"""Real servers for the fleet tests: nats-server (alone, clustered, with TLS and users) and
+PostgreSQL (as the postgres user, which it insists on), on free loopback ports in temp dirs."""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import wait_for
+
+# the newest installed major version (Debian 12: 15)
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(server, sig, timeout):
+    """Signals a server's process (SIGKILL if it lingers), waits, and closes its log."""
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.send_signal(sig)
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(5)
+    if server.proc is not None:
+        server.log.close()
+    server.proc = None
+
+
+class NatsServer:
+    """One nats-server with JetStream; `extra` is appended to its config (cluster, tls, users)."""
+
+    def __init__(self, directory: Path, name: str = "n1", extra: str = "", port: int | None = None):
+        self.dir, self.name = directory, name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port, self.http = port or free_port(), free_port()
+        self.conf = self.dir / f"{name}.conf"
+        self.conf.write_text(f"server_name: {name}\nlisten: 127.0.0.1:{self.port}\nhttp: 127.0.0.1:{self.http}\n"
+                             f"jetstream {{ store_dir: \"{self.dir / ('js-' + name)}\", max_file_store: 1G, "
+                             f"max_memory_store: 64M }}\n{extra}\n")
+        self.proc = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True):
+        self.log = open(self.dir / f"{self.name}.log", "ab")
+        self.proc = subprocess.Popen(["nats-server", "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30):
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"nats-server {self.name} exited: {self.tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/healthz?js-enabled-only=true", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, 0.05, f"nats-server {self.name}")
+
+    def tail(self) -> str:
+        return (self.dir / f"{self.name}.log").read_text(errors="replace")[-2000:]
+
+    def stop(self, sig=signal.SIGTERM):
+        stop(self, sig, 15)
+
+
+def nats_cluster(directory: Path, size: int = 3) -> list[NatsServer]:
+    """A JetStream cluster of `size` nodes on loopback, routes to each other."""
+    ports = [free_port() for _ in range(size)]
+    routes = ", ".join(f"nats-route://127.0.0.1:{p}" for p in ports)
+    servers = []
+    try:
+        for i, p in enumerate(ports):
+            extra = f"cluster {{ name: fleet, listen: 127.0.0.1:{p}, routes: [{routes}] }}"
+            s = NatsServer(directory, f"n{i + 1}", extra)
+            servers.append(s)
+    except BaseException:
+        for s in servers:
+            s.stop()
+        raise
+    return servers
+
+
+class Postgres:
+    """A throwaway cluster run by the postgres user in a temp dir it owns."""
+
+    def __init__(self):
+        self.user = pwd.getpwnam("postgres")
+        self.dir = Path(tempfile.mkdtemp(prefix="sensor-pg-"))
+        os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
+        self.data = self.dir / "data"
+        self.port = free_port()
+        self.proc = None
+        self._as_postgres([PG_BIN / "initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                           "--no-sync"], check=True)
+        self.start()
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _as_postgres(self, cmd, **kw):
+        return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], capture_output=True, **kw)
+
+    def start(self):
+        self.log = open(self.dir / "postgres.log", "ab")
+        os.chown(self.dir / "postgres.log", self.user.pw_uid, self.user.pw_gid)
+        self.proc = subprocess.Popen(["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(self.data),
+                                      "-p", str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
+                                      "-c", "fsync=off", "-c", "max_connections=50"],
+                                     stdout=self.log, stderr=self.log)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"postgres exited: {(self.dir / 'postgres.log').read_text()[-2000:]}")
+            return self._as_postgres([PG_BIN / "pg_isready", "-h", "127.0.0.1", "-p", self.port]).returncode == 0
+
+        wait_for(ready, 30, 0.1, "postgres to accept connections")
+
+    def stop(self):
+        stop(self, signal.SIGINT, 30)  # runuser forwards it; SIGINT is postgres's fast shutdown
+
+    def query(self, sql: str, *params):
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def destroy(self):
+        self.stop()
+        # a killed runuser may leave postgres itself running: stop it by its own pid file
+        pidfile = self.data / "postmaster.pid"
+        if pidfile.exists():
+            try:
+                pid = int(pidfile.read_text().split()[0])
+                os.kill(pid, signal.SIGQUIT)
+                wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, 0.05, "postgres to exit")
+            except (ValueError, ProcessLookupError, AssertionError):
+                pass
+        shutil.rmtree(self.dir, ignore_errors=True)
