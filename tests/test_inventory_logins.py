@@ -13,7 +13,7 @@ import pytest
 
 from sensor.inventory import LoginInventory
 from sensor.inventory.authlog import FileFollower, decode_journal, decode_line
-from sensor.inventory.logins_windows import decode, parse_event_xml
+from sensor.windows.logins import decode, parse_event_xml
 from sensor.schema import parse_time, rfc3339
 
 DATA = Path(__file__).parent / "data"

@@ -17,7 +17,7 @@ from jeepney.low_level import HeaderFields, MessageType
 
 from sensor.inventory import ServiceInventory
 from sensor.inventory.services_sysv import SysvBackend
-from sensor.inventory.services_windows import decode, executable
+from sensor.windows.services import decode, executable
 from sensor.schema import rfc3339
 
 from conftest import wait_for

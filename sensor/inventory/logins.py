@@ -44,7 +44,7 @@ def open_feed(auth_log: str):
     syslog file; on Windows the Security and System event logs."""
     if sys.platform == "win32":
         try:
-            from .logins_windows import EventLogFollower
+            from ..windows.logins import EventLogFollower
 
             return EventLogFollower()
         except ImportError as exc:

@@ -61,7 +61,7 @@ def _systemd_booted() -> bool:
 def open_backend(backend: str = "auto", init_dir: str = "/etc/init.d", bus: str = "SYSTEM"):
     """The backend asked for; where it cannot run, the portable one, with a warning."""
     if sys.platform == "win32":
-        from .services_windows import WindowsBackend
+        from ..windows.services import WindowsBackend
 
         return WindowsBackend()
     if backend == "systemd" or (backend == "auto" and _systemd_booted()):

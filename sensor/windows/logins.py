@@ -8,7 +8,7 @@ import ntpath
 import xml.etree.ElementTree as ET
 
 from ..schema import parse_time, rfc3339
-from .events import inventory_event, without_none
+from ..inventory.events import inventory_event, without_none
 
 LOGON_TYPES = {2: "interactive", 3: "network", 4: "batch", 5: "service", 7: "unlock",
                8: "network_cleartext", 9: "new_credentials", 10: "remote_interactive",
@@ -70,7 +70,7 @@ def _logon(d: dict, record: dict) -> dict:
 
 def decode(record: dict) -> dict | None:
     """One recorded event (parse_event_xml's shape) as a schema event, or None if not ours."""
-    from .services import service_event
+    from ..inventory.services import service_event
 
     eid, d = record["EventID"], record.get("EventData") or {}
     if eid in (4624, 4625):
@@ -88,7 +88,7 @@ def decode(record: dict) -> dict | None:
                              auth={"logon_id": _v(d.get("SubjectLogonId")),
                                    "privileges": (d.get("PrivilegeList") or "").split()})
     elif eid == 7045:
-        from .services_windows import executable
+        from .services import executable
 
         image = _v(d.get("ImagePath"))
         ev = service_event("added", {

@@ -7,7 +7,7 @@ import re
 
 import psutil
 
-from .events import process_figures
+from ..inventory.events import process_figures
 
 # psutil's status strings in the inventory's shared vocabulary (`sub_state` keeps the native one)
 STATES = {"running": "running", "stopped": "stopped", "paused": "paused", "start_pending": "starting",
