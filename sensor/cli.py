@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     doc.add_argument("--json", action="store_true", help="machine-readable output")
 
     tr = sub.add_parser("trace", help="record the syscalls of chosen processes",
-                        usage="sensor trace -o OUT_DIR [--pid PID ...] [options] [-- COMMAND ARGS...]")
+                        usage="sensor trace -o OUT_DIR [--pid PID ...] [options] [-- COMMAND ARGS...]\n"
+                              "       sensor trace recover TRACE_DIR  (seal a trace whose tracer was killed)")
     tr.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="trace directory to write")
     tr.add_argument("--pid", type=int, action="append", default=[], help="trace a running process (repeatable)")
     tr.add_argument("--follow-forks", action=argparse.BooleanOptionalAction, default=True,
@@ -108,15 +109,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _recover_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sensor trace recover", description="Seal a trace whose `sensor trace` "
+                                "was killed: its whole segments and parked records into syscalls.parquet, "
+                                "metadata.json status `cut short`. Safe to run again.")
+    p.add_argument("trace_dir", metavar="TRACE_DIR")
+    p.set_defaults(command="trace-recover")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # `trace` takes a command after its options, so `trace recover` is parsed on its own
+    args = _recover_parser().parse_args(argv[2:]) if argv[:2] == ["trace", "recover"] else _parser().parse_args(argv)
     try:
         if args.command == "dataset":
             from . import dataset  # pyarrow: only for the commands that need it
 
             return dataset.run(args)
         return {"run": cmd_run, "events": cmd_events, "export": cmd_export, "doctor": cmd_doctor,
-                "trace": cmd_trace, "rules": cmd_rules, "quarantine": cmd_quarantine}[args.command](args)
+                "trace": cmd_trace, "rules": cmd_rules, "quarantine": cmd_quarantine,
+                "trace-recover": cmd_trace_recover}[args.command](args)
     except SensorError as exc:
         print(f"sensor: error: {exc}", file=sys.stderr)
         return 2
@@ -265,6 +278,18 @@ def cmd_trace(args) -> int:
                             follow_forks=args.follow_forks, syscalls=args.syscalls, args=args.args,
                             label=args.label, duration=args.duration, ring_buffer_bytes=ring,
                             park=args.park, progress=progress))
+
+
+def cmd_trace_recover(args) -> int:
+    from .tracerecover import recover
+
+    r = recover(args.trace_dir)
+    if r["recovered"]:
+        print(f"sensor trace recover: {r['path']}: {r['rows']:,} syscalls sealed into syscalls.parquet "
+              f"({r['parked_rows']:,} of them were parked), status cut short", file=sys.stderr)
+    else:
+        print(f"sensor trace recover: {r['path']}: nothing to do, status {r['status']}", file=sys.stderr)
+    return 0
 
 
 def cmd_rules(args) -> int:

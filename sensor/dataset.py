@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .errors import SensorError
 from .filehash import sha256_file
+from .tracerecover import COMPLETE, RECORDING, open_unsealed, sealed, state
 
 FORMATS = ("parquet", "csv", "adfa", "lidds")
 FORMAT_NAMES = {"adfa": "ADFA-LD", "lidds": "LID-DS 2021"}
@@ -59,10 +60,12 @@ class Run:
     name: str | None
     split: str = ""
     outputs: list[dict] = field(default_factory=list)
+    state: str = COMPLETE  # or recording, cut short: see tracerecover
 
     @property
-    def parquet(self) -> Path:
-        return self.path / "syscalls.parquet"
+    def parquet(self):
+        """syscalls.parquet; of a trace not ended, a file object reading its whole segments."""
+        return self.path / "syscalls.parquet" if sealed(self.meta) else open_unsealed(self.path)
 
 
 def load_run(path) -> Run:
@@ -75,10 +78,20 @@ def load_run(path) -> Run:
     except ValueError as exc:
         raise DatasetError(f"{path}/metadata.json: invalid JSON: {exc}") from None
     kind, name = parse_label(meta.get("label"))
-    return Run(path, meta, kind, name)
+    return Run(path, meta, kind, name, state=state(meta))
 
 
-sha256 = sha256_file
+def sha256(source) -> str:
+    """Of a file, by path or (an unended trace's syscalls.parquet) as a file object."""
+    if isinstance(source, (str, Path)):
+        return sha256_file(source)
+    import hashlib
+
+    h = hashlib.sha256()
+    with source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def info(trace_dir, top: int = 10) -> dict:
@@ -94,13 +107,19 @@ def info(trace_dir, top: int = 10) -> dict:
             "rows": f.metadata.num_rows, "captured": m.get("captured"), "lost": m.get("lost"),
             "duration_s": (m["end_ns"] - m["start_ns"]) / 1e9 if "end_ns" in m else None,
             "processes": len(pids), "syscalls": dict(counts.most_common(top)),
-            "distinct_syscalls": len(counts), "sha256": sha256(run.parquet)}
+            "distinct_syscalls": len(counts), "sha256": sha256(run.parquet), "status": run.state,
+            "sealed": sealed(m)}
 
 
 def format_info(d: dict) -> str:
     lines = [f"{d['path']}: label {d['label']!r}, {d['rows']:,} syscalls ({d['distinct_syscalls']} distinct) "
              f"from {d['processes']} processes, {d['lost']:,} lost, {d['duration_s'] or 0:.2f} s",
              f"  command: {' '.join(d['command'] or []) or '-'}", f"  sha256: {d['sha256']}"]
+    if d.get("status", COMPLETE) != COMPLETE:
+        lines.append(f"  status: {d['status']}" + ("" if d["sealed"] else
+                     ": rows up to about a second before now" if d["status"] == RECORDING else
+                     f": rows up to about a second before the kill; `sensor trace recover {d['path']}` "
+                     "adds what was parked and seals it"))
     lines += [f"  {n:>12,}  {name}" for name, n in d["syscalls"].items()]
     return "\n".join(lines)
 

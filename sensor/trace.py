@@ -22,7 +22,7 @@ from .processes import ProcessTable
 from .records import ProcessExec, ProcessExit, ProcessFork
 from .schema import Stamper, exit_fields, rfc3339, text
 from .shutdown import StopFlag, stop_on
-from .tracefile import Comms, Spill, TraceWriter
+from .tracefile import CHECKPOINT_SECONDS, Comms, Spill, TraceWriter
 
 # after a batch smaller than this, wait this long before reading again
 LINGER_RECORDS, LINGER_SECONDS = 1 << 14, 0.01
@@ -130,7 +130,7 @@ class TraceSession:
         self._sources.append(self.syscalls)
         self.writer = TraceWriter(opts.out, opts.args, self.host.boot_offset_ns)
         if opts.park != "never":
-            self.spill = Spill(opts.out / ".syscalls.spill", self.syscalls.dtype)
+            self.spill = self.writer.spill = Spill(opts.out / ".syscalls.spill", self.syscalls.dtype)
         self.parking = opts.park == "always"
         # since when records are counted for pacing, how many, and the CPU times then
         self._pace_since, self._pace_read, self._pace_cpu = time.monotonic(), 0, _cpu_idle_total()
@@ -150,6 +150,8 @@ class TraceSession:
             os.close(release)
         self.start_ns = time.time_ns()
         self.started = now
+        self.writer.checkpoint(self.metadata(self.start_ns, "recording"))
+        self._next_checkpoint = time.monotonic() + CHECKPOINT_SECONDS
         print(f"sensor trace: tracing pids {', '.join(map(str, self.pids))} into {opts.out}", file=sys.stderr,
               flush=True)
         return self
@@ -178,7 +180,8 @@ class TraceSession:
         while True:
             batch = self.syscalls.poll(READ_BATCHES)
             n += self._take(batch)
-            if len(batch) < READ_BATCHES:  # a short read: the ring held no more
+            # a short read: the ring held no more; under a storm it never is: checkpoint anyway
+            if len(batch) < READ_BATCHES or time.monotonic() >= self._next_checkpoint:
                 return n
 
     def _take(self, batch: np.ndarray) -> int:
@@ -188,6 +191,10 @@ class TraceSession:
             return 0
         self.captured += len(batch)
         if self.spill is not None and (self.parking or len(self.spill)):
+            if not len(self.spill):
+                # what waits is written first: a segment then never holds records from before
+                # parking followed by parked ones, which a kill could separate (Spill.commit)
+                self.writer.flush(self.comms)
             try:
                 self.spill.put(batch)
                 return len(batch)
@@ -219,7 +226,7 @@ class TraceSession:
         if self.spill is not None:
             self.spill_peak_bytes = self.spill.peak_bytes
             self.spill.close()
-            self.spill = None
+            self.spill = self.writer.spill = None
 
     def _pace(self, read: int):
         """After each read: park or encode, by how busy the CPUs are; or let records gather."""
@@ -268,6 +275,8 @@ class TraceSession:
                 self._pace(self._drain_syscalls())
                 self._reap()
                 now = time.monotonic()
+                if now >= self._next_checkpoint:
+                    self._checkpoint(now)
                 if deadline and now >= deadline:
                     break
                 if exited or now >= next_check:  # the last exit ends the trace at once
@@ -280,6 +289,13 @@ class TraceSession:
             if progress:
                 progress.stop()
         return self._status()
+
+    def _checkpoint(self, now: float):
+        """Once a second: what waits in memory becomes a closed segment, and metadata.json says
+        the trace is still being recorded, with its counts so far."""
+        self._next_checkpoint = now + CHECKPOINT_SECONDS
+        self.writer.flush(self.comms)
+        self.writer.checkpoint(self.metadata(time.time_ns(), "recording"))
 
     def _status(self) -> int:
         if self.child is None:
@@ -299,6 +315,7 @@ class TraceSession:
         """Detach, drain what the kernel still holds, then write every file completely."""
         for s in self._sources:
             s.detach()
+        self._next_checkpoint = float("inf")  # drain to the end
         self._drain_processes()
         self._drain_syscalls()
         self._take(self.syscalls.held_back())
@@ -307,7 +324,7 @@ class TraceSession:
         self._unpark()
         self._drop_spill()
         self.writer.flush(self.comms)
-        self.writer.close(self.metadata(end_ns))
+        self.writer.close(self.metadata(end_ns, "complete"))
         self._final_lost = self.lost()
         for s in self._sources:
             s.close()
@@ -326,9 +343,12 @@ class TraceSession:
             return self._final_lost
         return self.syscalls.lost() + self.procs.stats()["lost_kernel"]
 
-    def metadata(self, end_ns: int) -> dict:
+    def metadata(self, end_ns: int, status: str) -> dict:
+        """status: recording (written at start and every second), complete (at the end), or
+        cut short (set by `sensor trace recover` after a kill)."""
         o = self.opts
         return {
+            "status": status,
             "command": o.command or None,
             "pids": self.pids,
             "label": o.label,
@@ -340,8 +360,11 @@ class TraceSession:
             "captured": self.writer.rows,
             "lost": self.lost(),
             "lost_syscalls": self.syscalls.lost(),
+            "held_batches": self.syscalls.held(),
             "parked_peak_bytes": self.spill_peak_bytes,
             "exit_code": self.exit_code,
+            "boot_offset_ns": self.host.boot_offset_ns,
+            "recorder_pid": os.getpid(),
             "files": {"syscalls": "syscalls.parquet", "processes": "processes.jsonl"},
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()
                         if k not in ("out", "progress", "command", "pids")},

@@ -1,4 +1,4 @@
-"""A trace directory: syscalls.parquet streamed in row groups, processes.jsonl, metadata.json."""
+"""A trace directory: syscalls.parquet written in closed segments, processes.jsonl, metadata.json."""
 from __future__ import annotations
 
 import errno
@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import syscall_flags, syscalls, wire
 from .schema import text
+from .segments import SegmentWriter
 
 # Rows per Parquet row group: large for good compression, bounded for memory (an --args record
 # is 736 bytes in the kernel's layout, a plain one 40).
 ROW_GROUP, ROW_GROUP_ARGS = 1 << 18, 1 << 16
+# What waits in memory is written as a closed segment at least this often, with processes.jsonl
+# and metadata.json: a killed trace keeps what came before (docs/trace.md, Output).
+CHECKPOINT_SECONDS = 1.0
 
 # Timestamps and durations are near-unique: dictionary pages for them are built only to be
 # thrown away. Delta-encoded instead (timestamps rise), and with statistics kept only where
@@ -124,12 +127,15 @@ class Spill:
     that CPU is better left to the traced processes (measured: two getppid storms on 2 cores were
     captured at 2.6M calls/s encoding as they came, 3.1M/s when encoding waited), so records go
     here and are encoded once the ring is quiet, or at the end. The file is emptied whenever
-    encoding catches up, and removed when the trace is written."""
+    encoding catches up, and removed when the trace is written.
+
+    Records taken from here stay on disk until the segment holding them is written (`commit`),
+    so that a killed trace can encode the rest: syscalls.parquet's index keeps the read offset."""
 
     def __init__(self, path: Path, dtype: np.dtype):
         self.path, self.dtype = Path(path), dtype
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self._read = self._written = self._allocated = 0
+        self._read = self._written = self._allocated = self._committed = 0
         self.peak_bytes = 0
 
     def __len__(self) -> int:
@@ -164,15 +170,27 @@ class Spill:
         os.posix_fallocate(self._fd, self._written, size)
         self._allocated = self._written + size
 
+    @property
+    def read_offset(self) -> int:
+        return self._read
+
     def take(self, max_records: int) -> np.ndarray:
         size = min(len(self), max_records) * self.dtype.itemsize
         data = os.pread(self._fd, size, self._read)
-        _punch_hole(self._fd, self._read, len(data))  # the disk space back as we go (a full disk)
         self._read += len(data)
-        if self._read == self._written:  # caught up
-            os.ftruncate(self._fd, 0)
-            self._read = self._written = self._allocated = 0
         return np.frombuffer(data, self.dtype)
+
+    def commit(self) -> bool:
+        """What was taken is written: its disk space back (a full disk); True if the file was
+        emptied (caught up), so offsets start again from 0."""
+        if self._read == self._written and self._written:
+            os.ftruncate(self._fd, 0)
+            self._read = self._written = self._allocated = self._committed = 0
+            return True
+        if self._read > self._committed:
+            _punch_hole(self._fd, self._committed, self._read - self._committed)
+            self._committed = self._read
+        return False
 
     def close(self):
         if self._fd >= 0:
@@ -181,39 +199,19 @@ class Spill:
             self.path.unlink(missing_ok=True)
 
 
-class TraceWriter:
-    def __init__(self, out: Path, with_args: bool, boot_offset_ns: int):
+class Encoder:
+    """Kernel records to Arrow tables in the syscalls.parquet schema."""
+
+    def __init__(self, with_args: bool, boot_offset_ns: int):
         # one encoding thread: the traced workload needs the other cores more than we do
         pa.set_cpu_count(1)
         pa.set_io_thread_count(1)
-        self.out = Path(out)
-        self.out.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.with_args = with_args
         self.boot_offset_ns = boot_offset_ns
         self.schema = pa.schema(BASE + (ARGS if with_args else []))
         self.names = pa.array(syscalls.names_array() + ["unknown"])
-        self.rows = 0
         self.row_group = ROW_GROUP_ARGS if with_args else ROW_GROUP
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-        self._pq_file = self._create("syscalls.parquet")
-        self._pq = pq.ParquetWriter(self._pq_file, self.schema, **PARQUET_OPTIONS)
-        self._proc = self._create("processes.jsonl")
-
-    def _create(self, name: str):
-        fd = os.open(self.out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        return os.fdopen(fd, "wb")
-
-    def add(self, records: np.ndarray, comms: Comms, force: bool = False):
-        """Buffers a batch of syscall records; writes a row group once enough have come."""
-        if len(records):
-            self._pending.append(records)
-            self._pending_rows += len(records)
-        if self._pending_rows >= self.row_group or (force and self._pending_rows):
-            batch = np.concatenate(self._pending)
-            self._pending, self._pending_rows = [], 0
-            self._pq.write_table(self._table(batch, comms), row_group_size=self.row_group)
-            self.rows += len(batch)
+        self.dtype = wire.syscall_args_event if with_args else wire.syscall_event
 
     def _table(self, r: np.ndarray, comms: Comms) -> pa.Table:
         ts = r["enter_ns"].astype(np.int64)
@@ -265,16 +263,67 @@ class TraceWriter:
                 out[i] = texts[k]
         return out
 
+class TraceWriter(Encoder):
+    """Writes a trace directory as records come: segments of syscalls.parquet, processes.jsonl,
+    metadata.json."""
+
+    def __init__(self, out: Path, with_args: bool, boot_offset_ns: int):
+        super().__init__(with_args, boot_offset_ns)
+        self.out = Path(out)
+        self.out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.rows = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+        self.spill: Spill | None = None  # the session's park file, whose read offset is indexed
+        self._pq = SegmentWriter(self.out / "syscalls.parquet", self.schema, PARQUET_OPTIONS)
+        self._proc = self._create("processes.jsonl")
+
+    def _create(self, name: str):
+        fd = os.open(self.out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "wb")
+
+    def add(self, records: np.ndarray, comms: Comms, force: bool = False):
+        """Buffers a batch of syscall records; writes a row group once enough have come."""
+        if len(records):
+            self._pending.append(records)
+            self._pending_rows += len(records)
+        if self._pending_rows >= self.row_group or (force and self._pending_rows):
+            batch = np.concatenate(self._pending)
+            self._pending, self._pending_rows = [], 0
+            spill = self.spill
+            self._pq.write(self._table(batch, comms), self.row_group, spill.read_offset if spill else 0)
+            self.rows += len(batch)
+            if spill is not None and spill.commit():
+                self._pq.mark(0)  # the park file was emptied: its offsets start again
+
     def process_event(self, event: dict):
         self._proc.write(orjson.dumps(event) + b"\n")
 
     def flush(self, comms: Comms):
-        self.add(np.empty(0, wire.syscall_args_event if self.with_args else wire.syscall_event),
-                 comms, force=True)
+        self.add(np.empty(0, self.dtype), comms, force=True)
+
+    def checkpoint(self, metadata: dict, sync: bool = True):
+        """What is written so far survives a kill, and (sync) a power cut."""
+        self._proc.flush()
+        if sync:
+            self._pq.sync()
+        write_metadata(self.out, metadata, sync=False)
 
     def close(self, metadata: dict):
-        self._pq.close()
-        self._pq_file.close()  # the writer leaves a file object it was given open, unflushed
+        self._pq.seal()
         self._proc.close()
-        with self._create("metadata.json") as f:
-            f.write(orjson.dumps(metadata, option=orjson.OPT_INDENT_2) + b"\n")
+        write_metadata(self.out, metadata)
+        self._pq.index_path.unlink()  # last: until metadata.json says complete, recover can redo the end
+
+
+def write_metadata(out: Path, metadata: dict, sync: bool = True):
+    """metadata.json replaced whole (a reader never sees half of it)."""
+    tmp = Path(out) / ".metadata.json.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, orjson.dumps(metadata, option=orjson.OPT_INDENT_2) + b"\n")
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, Path(out) / "metadata.json")
