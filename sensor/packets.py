@@ -123,6 +123,7 @@ class PacketSource:
 
     name = "network.packets"
     module = "af_packet"
+    capabilities: frozenset[str] = frozenset()  # see sensor.source
 
     def __init__(self, interface: str | None = None, per_second: float = 1000.0):
         self.interface, self.per_second = interface, per_second

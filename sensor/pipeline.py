@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import select
-import sys
 import threading
 import time
 from collections import Counter
@@ -12,11 +10,13 @@ import psutil
 
 from pathlib import Path
 
+from . import backend
 from .config import Config
 from .errors import ConfigError, SensorError
 from .host import Host
 from .processes import ProcessTable
 from .rules import alert
+from .source import BLOCK, WATCH_PTRACE, having
 from .schema import Stamper
 from .store import Store
 
@@ -28,73 +28,7 @@ BUSY_RECORDS_PER_S = 1500
 def build_sources(cfg: Config, blocked=None) -> list:
     """The sources this platform and config ask for, not yet started; `blocked`: the (dev, inode,
     path) of files a block-exec policy lists, or None without one."""
-    sources = []
-    if cfg["process.enabled"]:
-        opts = cfg.section("process")
-        if opts["backend"] == "psutil" or not sys.platform.startswith("linux"):
-            from .polling import PollingProcessSource
-
-            sources.append(PollingProcessSource(opts["poll_interval"]))
-        else:
-            from .linux.process import ProcessSource
-
-            sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
-                                         threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
-                                         blocked=[(dev, ino) for dev, ino, _ in blocked or ()]))
-    # the file, network and security sources share one object, which shares maps with the process
-    # programs (the sensor's pids, written files)
-    shared_activity = []
-
-    def activity():
-        if not shared_activity:
-            from .linux.activity import Activity
-
-            shared = next((s.shared_maps for s in sources if hasattr(s, "shared_maps")), None)
-            shared_activity.append(Activity(shared))
-        return shared_activity[0]
-
-    if cfg["files.enabled"] and (cfg["files.backend"] == "watchdog" or not sys.platform.startswith("linux")):
-        sources.append(_watchdog_source(cfg))
-    elif cfg["files.enabled"]:
-        from .linux.file import FileSource
-
-        sources.append(FileSource(activity(), _items(cfg["files.paths"]),
-                                  _items(cfg["files.exclude"]) + [cfg["data_dir"]],
-                                  ring_buffer_bytes=cfg["files.ring_buffer_bytes"],
-                                  write_interval=cfg["files.write_interval"]))
-    if cfg["network.enabled"] and sys.platform.startswith("linux"):
-        from .linux.net import NetSource
-
-        sources.append(NetSource(activity(), ring_buffer_bytes=cfg["network.ring_buffer_bytes"],
-                                 flow_interval=cfg["network.flow_interval"]))
-    if cfg["security.enabled"] and sys.platform.startswith("linux"):
-        from .linux.security import SecuritySource
-
-        sources.append(SecuritySource(activity()))
-    if blocked is not None and any(hasattr(s, "shared_maps") for s in sources):
-        from .linux.block import BlockSource  # a blocked script dies opening it
-
-        sources.append(BlockSource(activity(), blocked))
-    if cfg["packets.enabled"]:
-        from .packets import PacketSource
-
-        sources.append(PacketSource(cfg["packets.interface"], cfg["packets.per_second"]))
-    if cfg["metrics.enabled"]:
-        from .metrics import MetricsSource
-
-        sources.append(MetricsSource(interval=cfg["metrics.interval"]))
-    from .inventory import build as build_inventory
-
-    sources += build_inventory(cfg)
-    return sources
-
-
-def _watchdog_source(cfg: Config):
-    from .watch import WatchdogFileSource, default_paths
-
-    paths = _items(cfg["files.paths"]) if sys.platform.startswith("linux") else default_paths()
-    return WatchdogFileSource(paths, _items(cfg["files.exclude"]) + [cfg["data_dir"]],
-                              coalesce_seconds=cfg["files.write_interval"])
+    return backend.build_sources(cfg, blocked)
 
 
 def _items(spec: str | None) -> list[str]:
@@ -195,9 +129,8 @@ class Pipeline:
                         self.emit(response)
 
     def _block(self, dev: int, ino: int):
-        for s in self.sources:
-            if hasattr(s, "block"):
-                s.block(dev, ino)
+        for s in having(self.sources, BLOCK):
+            s.block(dev, ino)
 
     def _drain(self, timers: bool = True) -> int:
         """Reads every source (with `timers` false, only those with an fd) until each has caught
@@ -212,7 +145,7 @@ class Pipeline:
                 records = source.poll()
                 full = full or len(records) >= 1 << 16
                 n += len(records)
-                module = getattr(source, "module", "ebpf")
+                module = source.module
                 for rec in records:
                     if isinstance(rec, dict):  # portable sources hand over finished events
                         self.emit(rec)
@@ -279,9 +212,8 @@ class Pipeline:
             self.sources = started
             names = {s.name for s in started}
             if "security" not in names:  # else ptrace at the sensor comes with the security records
-                for s in started:
-                    if hasattr(s, "watch_ptrace"):
-                        s.watch_ptrace()
+                for s in having(started, WATCH_PTRACE):
+                    s.watch_ptrace()
         except BaseException:
             for s in started:
                 s.close()
@@ -294,30 +226,18 @@ class Pipeline:
         tracefs), when its backend is `auto`; otherwise the error stands."""
         if isinstance(exc, ConfigError):  # the user's mistake: no backend would do better
             raise exc
-        reason = str(exc).splitlines()[0]
-        if source.name == "process" and self.cfg["process.backend"] == "auto":
-            from .polling import PollingProcessSource
-
-            log.warning("eBPF process tracing unavailable (%s); falling back to psutil polling every "
-                        "%ss: short-lived processes may be missed, exit codes are unknown, nothing is "
-                        "blocked in the kernel", reason, self.cfg["process.poll_interval"])
-            return PollingProcessSource(self.cfg["process.poll_interval"])
-        if source.name == "file" and self.cfg["files.backend"] == "auto":
-            log.warning("eBPF file monitoring unavailable (%s); falling back to watchdog: file events "
-                        "without the acting process, chmod reported as a write", reason)
-            return _watchdog_source(self.cfg)
-        if source.name in ("network", "security"):
-            log.warning("eBPF %s monitoring unavailable (%s): no %s events", source.name, reason, source.name)
-            return None
-        raise exc
+        try:
+            return backend.fallback(source, str(exc).splitlines()[0], self.cfg)
+        except LookupError:
+            raise exc from None
 
     def run(self, stop: threading.Event, duration: float | None = None, on_health=None):
         """Runs until `stop` is set or `duration` seconds pass; then drains and closes."""
         cfg = self.cfg
-        ep = select.epoll()
+        ep = backend.poller()
         for s in self.sources:
             if s.fileno() is not None:  # timer-driven sources are polled every poll_interval
-                ep.register(s.fileno(), select.EPOLLIN)
+                ep.register(s.fileno())
         deadline = time.monotonic() + duration if duration else None  # from when events flow, not from start-up
         interval, poll, batch = cfg["health_interval"], cfg["poll_interval"], cfg["batch_interval"]
         next_health = time.monotonic() + interval

@@ -3,6 +3,7 @@
 
 class TimerSource:
     module = "psutil"
+    capabilities: frozenset[str] = frozenset()  # see sensor.source
 
     def fileno(self):
         return None  # polled by the pipeline every poll_interval

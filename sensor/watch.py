@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import sys
 import time
 import warnings
 from collections import deque
@@ -18,12 +17,6 @@ from .timersource import TimerSource
 
 log = logging.getLogger("sensor.watch")
 
-# The original collector's key directories.
-DEFAULT_PATHS = {
-    "linux": ["/home", "/usr/bin", "/tmp", "/var/tmp", "/mnt"],
-    "win32": [r"C:\Users", r"C:\ProgramData\Microsoft\Windows\Start Menu\Programs", r"C:\Windows\Temp",
-              r"C:\Windows\System32\Tasks", r"C:\Windows\System32", r"C:\Windows\SysWOW64", r"C:\Windows\WinSxS"],
-}
 # what the handler queues: opened/closed add nothing a created or modified does not say; attrib
 # is watchdog 7's chmod, chown and touch on inotify
 _KINDS = frozenset(("created", "deleted", "modified", "attrib", "moved"))
@@ -181,7 +174,3 @@ class WatchdogFileSource(TimerSource):
 
     def close(self):
         self.detach()
-
-
-def default_paths() -> list[str]:
-    return DEFAULT_PATHS["win32" if sys.platform == "win32" else "linux"]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import shutil
-import sys
 
 import psutil
 
@@ -39,27 +37,6 @@ def session_event(action: str, u) -> dict:
     return without_none(ev)
 
 
-def open_feed(auth_log: str):
-    """Where authentication records come from here: the journal when journald runs, else the
-    syslog file; on Windows the Security and System event logs."""
-    if sys.platform == "win32":
-        try:
-            from ..windows.logins import EventLogFollower
-
-            return EventLogFollower()
-        except ImportError as exc:
-            log.warning("logins: Windows event logs unreadable (%s: pywin32 missing); sessions only", exc)
-            return None
-    from .authlog import FileFollower, JournalFollower
-
-    if os.path.exists("/run/systemd/journal/socket") and shutil.which("journalctl"):
-        return JournalFollower(shutil.which("journalctl"))
-    if not os.path.exists(auth_log):
-        log.warning("logins: no journald and no %s (no syslog daemon writes it?); following it once it "
-                    "appears, sessions from utmp meanwhile", auth_log)
-    return FileFollower(auth_log)
-
-
 class LoginInventory(TimerSource):
     name = "host.logins"
 
@@ -85,7 +62,9 @@ class LoginInventory(TimerSource):
         if self.wtmp is not None:
             self.wtmp.start()
         if self.feed is None:
-            self.feed = open_feed(self.auth_log)
+            from .. import backend  # journal or auth file; Windows: the event logs
+
+            self.feed = backend.login_feed(self.auth_log)
         self._timer = Interval(self.interval)
         return self
 

@@ -4,19 +4,19 @@ process source's job; here they only enter and leave the baseline."""
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass
 
 import psutil
 
+from ..backend import NAME
 from ..host import NS_PER_TICK, Host, start_ticks
 from ..processes import user_name
 from ..schema import rfc3339
 from ..timersource import TimerSource
 from .events import Interval, inventory_event, without_none
 
-LINUX = sys.platform.startswith("linux")
+LINUX = NAME == "linux"
 # One fixed list, so psutil reads each /proc file once per process (stat, status, io, statm).
 # On Linux the executable is read with our own readlink: psutil hides the " (deleted)" suffix.
 ATTRS = ["pid", "ppid", "name", "create_time", "io_counters", "memory_info",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 from ..timersource import TimerSource
 from .events import Interval, inventory_event, without_none
@@ -59,11 +58,7 @@ def _systemd_booted() -> bool:
 
 
 def open_backend(backend: str = "auto", init_dir: str = "/etc/init.d", bus: str = "SYSTEM"):
-    """The backend asked for; where it cannot run, the portable one, with a warning."""
-    if sys.platform == "win32":
-        from ..windows.services import WindowsBackend
-
-        return WindowsBackend()
+    """The Linux backend asked for; where it cannot run, the SysV one, with a warning."""
     if backend == "systemd" or (backend == "auto" and _systemd_booted()):
         try:
             from .services_systemd import SystemdBackend
@@ -97,7 +92,9 @@ class ServiceInventory(TimerSource):
         return self.backend.type if self.backend else "sensor"
 
     def start(self):
-        self.backend = open_backend(*self._args)
+        from .. import backend  # the platform's service manager
+
+        self.backend = backend.service_backend(*self._args)
         self.known = self.backend.snapshot()
         self._pending = [service_event("snapshot", r) for _, r in sorted(self.known.items())]
         self._timer = Interval(self.interval)

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import wire
 from ..records import ProcessExec, ProcessExit, ProcessFork, Tamper
 from ..errors import SensorError
+from ..source import BLOCK, SHARED_MAPS, WATCH_PTRACE
 from .block import decode_blocked
 from .libbpf import BpfLoadError, BpfObject
 from .source import RingSource
@@ -96,6 +97,7 @@ class ProcessSource(RingSource):
     """Loads and attaches the process programs; `poll` returns decoded records."""
 
     name = "process"
+    capabilities = frozenset({SHARED_MAPS, BLOCK, WATCH_PTRACE})
     event_types = (*wire.EVENT_TYPES, wire.EVENT_BLOCKED)
     decode = staticmethod(decode)
 

@@ -13,6 +13,8 @@ log = logging.getLogger("sensor.linux")
 class RingSource:
     """Owns a BpfObject and the RingBuffer of its `events` map; subclasses decode records."""
 
+    module = "ebpf"
+    capabilities: frozenset[str] = frozenset()  # see sensor.source
     ring_buffer_bytes: int
     event_types: tuple[int, ...] = ()  # whose failed reserves (the `lost` map) are this source's loss
     decode_errors = 0
