@@ -69,6 +69,14 @@ struct {
 	__type(value, struct trace_held);
 } held SEC(".maps");
 
+/* Batches that have waited in `held`: how often the ring refused one (metadata.json reports it). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} held_count SEC(".maps");
+
 /* Queue positions: the batches from held_head to held_tail wait. Only the CPU that holds
  * held_sending sends them and moves held_head; held_tail is claimed with compare-and-swap. */
 __u64 held_head, held_tail, held_sending;
@@ -130,7 +138,8 @@ static __always_inline bool output(void *recs, __u32 n, int tries)
 static __always_inline void hold(struct trace_batch *b)
 {
 	__u64 size = with_args ? sizeof(struct syscall_args_event) : sizeof(struct syscall_event);
-	__u64 bytes = sizeof(b->n) + sizeof(b->_pad) + (__u64)b->n * size;
+	__u64 bytes = sizeof(b->n) + sizeof(b->_pad) + (__u64)b->n * size, *count;
+	__u32 zero = 0;
 
 	for (int i = 0; i < HOLD_TRIES; i++) {
 		__u64 pos = READ_ONCE(held_tail), lap = pos / TRACE_HELD * 2, turn;
@@ -149,6 +158,9 @@ static __always_inline void hold(struct trace_batch *b)
 			bytes = sizeof(*b);
 		bpf_probe_read_kernel(&h->batch, bytes, b); /* a helper copy: up to 11 KiB */
 		__sync_lock_test_and_set(&h->turn, lap + 1); /* a full barrier: the copy is seen first */
+		count = bpf_map_lookup_elem(&held_count, &zero);
+		if (count)
+			*count += 1;
 		return;
 	}
 	count_lost_n(EVENT_SYSCALL, b->n);

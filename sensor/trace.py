@@ -360,6 +360,7 @@ class TraceSession:
             "captured": self.writer.rows,
             "lost": self.lost(),
             "lost_syscalls": self.syscalls.lost(),
+            "held_batches": self.syscalls.held(),
             "parked_peak_bytes": self.spill_peak_bytes,
             "exit_code": self.exit_code,
             "boot_offset_ns": self.host.boot_offset_ns,

@@ -313,6 +313,7 @@ def test_full_ring_holds_batches_back(tmp_path, storm):
     rows, meta = load(out)
     storms = Counter(x["pid"] for x in rows if x["syscall"] == "getppid" and x["pid"] != sh)
     assert meta["lost"] == 0 and sorted(storms.values()) == [n, n], (meta["lost"], storms)
+    assert meta["held_batches"] > 0  # the ring did refuse them
     assert meta["captured"] == len(rows) and per_tid_ordered(rows)
     for pid in [sh, *storms]:  # whole: each ends in its exit_group, the storms' execve is there
         mine = [x["syscall"] for x in rows if x["pid"] == pid]

@@ -27,7 +27,7 @@ class SyscallSource(RingSource):
         self.wakeup_bytes = ring_buffer_bytes // 8 if wakeup_bytes is None else wakeup_bytes
         self.object_path = object_path
         self.dtype = wire.syscall_args_event if with_args else wire.syscall_event
-        self._final_lost = 0
+        self._final_lost = self._final_held = 0
 
     def start(self):
         nums = syscalls.numbers()
@@ -65,6 +65,12 @@ class SyscallSource(RingSource):
         out = [np.frombuffer(b["recs"].tobytes(), self.dtype, count=min(int(b["n"]), most)) for b in batches]
         return np.concatenate(out) if out else np.empty(0, self.dtype)
 
+    def held(self) -> int:
+        """Batches the ring refused that waited in the kernel's queue (none lost by that)."""
+        if self._obj is not None:
+            self._final_held = sum(self._obj.map("held_count").percpu_u64(0))
+        return self._final_held
+
     def lost(self) -> int:
         """Records that never reached user space: ring buffer full, or a run the kernel skipped."""
         if self._obj is None:
@@ -73,5 +79,5 @@ class SyscallSource(RingSource):
         return self._final_lost
 
     def close(self):
-        self.lost()  # remembered: metadata and the summary are written after close
+        self.lost(), self.held()  # remembered: metadata and the summary are written after close
         super().close()
