@@ -293,7 +293,7 @@ def test_full_ring_holds_batches_back(tmp_path, storm):
     (or user space reads them after detach): every call of every thread arrives, in order."""
     import signal
 
-    out, n = tmp_path / "t", 4000
+    out, n = tmp_path / "t", 3000
     tracer = subprocess.Popen([sys.executable, "-m", "sensor", "trace", "--no-progress", "--ring-buffer-bytes", "16KiB",
                                "-o", str(out), "--", "/bin/sh", "-c", f"{storm} {n} & {storm} {n}; wait"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
