@@ -28,6 +28,8 @@ _EXEC_SIZE = ctypes.sizeof(_EXEC)  # data[] starts here
 _TYPE, _TYPE_AT = struct.Struct("<I"), wire.CTYPES["event_header"].type.offset
 _TRUNC = ((wire.FLAG_ARGS_TRUNCATED, "args"), (wire.FLAG_FILENAME_TRUNCATED, "filename"),
           (wire.FLAG_EXE_TRUNCATED, "executable"), (wire.FLAG_CWD_TRUNCATED, "cwd"))
+_TRUNC_ANY = sum(bit for bit, _ in _TRUNC)
+_NONE: frozenset = frozenset()
 
 
 def _cstr(b: bytes) -> bytes:
@@ -67,29 +69,21 @@ def decode(raw: bytes):
 def _decode_exec(raw: bytes) -> ProcessExec:
     r = _EXEC.from_buffer_copy(raw)
     args_len, exe_len, cwd_len, flags = r.args_len, r.exe_len, r.cwd_len, r.flags
-    data = memoryview(raw)[_EXEC_SIZE:]
-    pos = 0
-
-    def take(n):
-        nonlocal pos
-        chunk = bytes(data[pos:pos + n])
-        pos += n
-        return chunk
-
-    args_block = take(args_len)
-    filename = _cstr(take(r.filename_len))
-    exe = take(exe_len)
-    cwd = take(cwd_len)
-    args = args_block.split(b"\0")
-    if args_block.endswith(b"\0"):
+    # data[] holds argv, the name passed to execve, the executable and cwd, back to back
+    fn_at = _EXEC_SIZE + args_len
+    exe_at = fn_at + r.filename_len
+    cwd_at = exe_at + exe_len
+    args = raw[_EXEC_SIZE:fn_at].split(b"\0")
+    if args[-1] == b"":  # the block ends in a NUL unless it was cut
         args.pop()
     return ProcessExec(
-        ts_ns=r.ts_ns, pid=r.pid, tid=r.tid, ppid=r.ppid, start_ns=r.start_ns, parent_start_ns=r.parent_start_ns,
-        uid=r.uid, gid=r.gid, euid=r.euid, egid=r.egid, argc=r.argc, args=tuple(args), filename=filename,
-        executable=kernel_path(exe) if exe_len else None, cwd=kernel_path(cwd) if cwd_len else None,
-        comm=r.comm, loginuid=r.loginuid, sessionid=r.sessionid, cgroup_id=r.cgroup_id,
-        truncated=frozenset(name for bit, name in _TRUNC if flags & bit),
-        blocked=bool(flags & wire.FLAG_BLOCKED), written=bool(flags & wire.FLAG_WRITTEN),
+        r.ts_ns, r.pid, r.tid, r.ppid, r.start_ns, r.parent_start_ns, r.uid, r.gid, r.euid, r.egid, r.argc,
+        tuple(args), _cstr(raw[fn_at:exe_at]),
+        kernel_path(raw[exe_at:cwd_at]) if exe_len else None,
+        kernel_path(raw[cwd_at:cwd_at + cwd_len]) if cwd_len else None,
+        r.comm, r.loginuid, r.sessionid, r.cgroup_id,
+        frozenset(name for bit, name in _TRUNC if flags & bit) if flags & _TRUNC_ANY else _NONE,
+        bool(flags & wire.FLAG_BLOCKED), bool(flags & wire.FLAG_WRITTEN),
     )
 
 
