@@ -16,6 +16,7 @@ from sigma.exceptions import SigmaError
 from sigma.rule import SigmaRule
 
 from .errors import ConfigError
+from .ruleindex import Fields, Index, needs
 from .schema import get
 
 log = logging.getLogger("sensor.rules")
@@ -116,6 +117,7 @@ class Rule:
     path: str
     match: Callable[[dict], bool] = field(repr=False)
     paths: set[str] = field(default_factory=set)  # schema fields it reads
+    needs: frozenset | None = field(default=None, repr=False)  # triggers, one of which a match fires
 
 
 @dataclass
@@ -275,9 +277,10 @@ def _merged(args, fields: dict) -> list[Callable]:
     return out
 
 
-def compile_rule(rule: SigmaRule, path: str) -> Rule:
+def compile_rule(rule: SigmaRule, path: str, products=("linux",)) -> Rule:
+    """`products`: whose rules to take (the mapping is the same schema's, whatever the platform)."""
     ls = rule.logsource
-    if ls.product not in (None, "linux"):
+    if ls.product is not None and ls.product not in products:
         raise Unsupported(f"logsource product {ls.product!r}: this sensor runs on linux")
     if ls.service is not None:
         raise Unsupported(f"logsource service {ls.service!r}: reads log lines, not sensor events")
@@ -293,7 +296,7 @@ def compile_rule(rule: SigmaRule, path: str) -> Rule:
     return Rule(id=str(rule.id), title=rule.title, description=(rule.description or "").strip(),
                 author=authors or "unknown", level=str(rule.level or "medium").lower().split(".")[-1],
                 category=ls.category, tags=[str(t) for t in rule.tags], references=list(rule.references or []),
-                path=path, match=match, paths=used)
+                path=path, match=match, paths=used, needs=needs(tree, fields, KEYWORD_FIELDS))
 
 
 def _files(paths) -> list[Path]:
@@ -315,9 +318,10 @@ class RuleSet:
         for r in rules:
             self.by_category.setdefault(r.category, []).append(r)
             self.paths.setdefault(r.category, set(KEYWORD_FIELDS)).update(r.paths)
+        self.index = {cat: Index(rs) for cat, rs in self.by_category.items()}
 
     @classmethod
-    def load(cls, paths) -> "RuleSet":
+    def load(cls, paths, products=("linux",)) -> "RuleSet":
         """Every rule of the files and directories given; a broken file is reported, not fatal."""
         rules, reports = [], []
         for path in _files(paths):
@@ -342,7 +346,7 @@ class RuleSet:
                     reports.append(Report(str(path), rid, title, "unsupported", f"{type(item).__name__} (correlation)"))
                     continue
                 try:
-                    rules.append(compile_rule(item, str(path)))
+                    rules.append(compile_rule(item, str(path), products))
                     reports.append(Report(str(path), rid, title, "ok"))
                 except (Unsupported, SigmaError) as exc:  # a SigmaError here: e.g. an undefined selection
                     reports.append(Report(str(path), rid, title, "unsupported", str(exc),
@@ -376,18 +380,33 @@ class RuleSet:
                 "skipped_invalid": self.skipped_invalid}
 
     def match(self, event: dict) -> list[Rule]:
+        """The rules that match, in load order: only those whose literals the event holds
+        (sensor.ruleindex) are evaluated; exactly the rules match_all finds."""
+        index = self.index.get(category_of(event))
+        if index is None:
+            return []
+        flat = Fields()  # each field read once, and only if needed
+        flat.event = event
+        rules = index.rules
+        return _evaluate([rules[i] for i in index.candidates(event, flat)], flat)
+
+    def match_all(self, event: dict) -> list[Rule]:
+        """The reference: every rule of the event's category evaluated in full."""
         cat = category_of(event)
         if cat is None:
             return []
-        hits = []
-        flat = {p: get(event, p) for p in self.paths.get(cat, ())}  # each field read once
-        for r in self.by_category.get(cat, ()):
-            try:
-                if r.match(flat):
-                    hits.append(r)
-            except Exception as exc:  # a rule must never stop the sensor
-                log.warning("rule %s failed on an event: %s", r.id, exc)
-        return hits
+        return _evaluate(self.by_category.get(cat, ()), {p: get(event, p) for p in self.paths.get(cat, ())})
+
+
+def _evaluate(rules, flat) -> list[Rule]:
+    hits = []
+    for r in rules:
+        try:
+            if r.match(flat):
+                hits.append(r)
+        except Exception as exc:  # a rule must never stop the sensor
+            log.warning("rule %s failed on an event: %s", r.id, exc)
+    return hits
 
 
 def alert(rule: Rule, event: dict) -> dict:
