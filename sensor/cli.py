@@ -316,17 +316,30 @@ def cmd_rules(args) -> int:
         events = read_events(args.events)
     else:
         try:
-            events = (orjson.loads(line) for line in open(args.events, "rb") if line.strip())
+            events = _json_lines(args.events, open(args.events, "rb"))
         except OSError as exc:
             raise SensorError(f"--events {args.events}: {exc.strerror}") from None
     n = hits = 0
+    out, match, started = sys.stdout.buffer, rules.match, time.perf_counter()
     for event in events:
         n += 1
-        for rule in rules.match(event):
+        for rule in match(event):
             hits += 1
-            sys.stdout.buffer.write(orjson.dumps(alert(rule, event)) + b"\n")
-    print(f"sensor rules: {len(rules.rules)} rules over {n:,} events: {hits:,} alerts", file=sys.stderr)
+            out.write(orjson.dumps(alert(rule, event)) + b"\n")
+    rate = n / max(time.perf_counter() - started, 1e-9)
+    print(f"sensor rules: {len(rules.rules)} rules over {n:,} events: {hits:,} alerts; {rate:,.0f} events/s",
+          file=sys.stderr)
     return 0
+
+
+def _json_lines(path: str, f):
+    with f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    raise SensorError(f"--events {path}:{number}: not a JSON event: {exc}") from None
 
 
 def cmd_quarantine(args) -> int:

@@ -215,3 +215,37 @@ def test_skip_invalid_starts_logs_and_counts(start_sensor, tmp_path):
     health = s.events(event__dataset="sensor.health")
     assert health and health[-1]["sensor"]["health"]["final"]
     assert health[-1]["sensor"]["health"]["rules"] == {"loaded": 1, "unsupported": 1, "skipped_invalid": 4}
+
+
+@needs_sigma
+def test_rules_test_over_a_json_lines_file(tmp_path):
+    """`sensor rules test` on a day's worth of stored events: the reference evaluator's alerts,
+    in order, and its speed on the summary line; a line that is not JSON is named."""
+    import random
+
+    from test_rules_index import edge_events, host_events, literal_events
+
+    paths = [SIGMA / "linux", ROOT / "sensor" / "data" / "rules"]
+    rules = RuleSet.load(paths)
+    rng = random.Random(3)
+    pool = host_events() + literal_events(rules, rng, variants=3) + edge_events(rng)
+    events = []
+    for i in range(12_000):
+        ev = json.loads(json.dumps(rng.choice(pool)))
+        ev["event"]["id"] = f"e{i}"
+        events.append(ev)
+    (tmp_path / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    want = [(r.id, ev["event"]["id"]) for ev in events for r in rules.match_all(ev)]
+    r = subprocess.run([sys.executable, "-m", "sensor", "rules", "test", *map(str, paths),
+                        "--events", str(tmp_path / "events.jsonl")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = [(a["rule"]["id"], a["sensor"]["trigger"]["id"]) for a in map(json.loads, r.stdout.splitlines())]
+    assert got == want and len(want) > 500
+    summary = r.stderr.strip().splitlines()[-1]
+    assert summary.startswith(f"sensor rules: {len(rules.rules)} rules over 12,000 events: {len(want):,} alerts; ")
+    assert summary.endswith(" events/s") and int(summary.split("; ")[-1].split()[0].replace(",", "")) > 0
+    with open(tmp_path / "events.jsonl", "a") as f:
+        f.write("{not json\n")
+    r = subprocess.run([sys.executable, "-m", "sensor", "rules", "test", *map(str, paths),
+                        "--events", str(tmp_path / "events.jsonl")], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "events.jsonl:12001: not a JSON event" in r.stderr, r.stderr[-500:]
