@@ -142,7 +142,8 @@ class Postgres:
         import psycopg
 
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            return conn.execute(sql, params).fetchall()
+            cur = conn.execute(sql, params)
+            return cur.fetchall() if cur.description else []
 
     def destroy(self):
         self.stop()
@@ -156,3 +157,109 @@ class Postgres:
             except (ValueError, ProcessLookupError, AssertionError):
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Collector:
+    """A running `sensor collect` (a subprocess, as an operator runs it)."""
+
+    def __init__(self, log: Path, url: str, dsn: str, *flags: str):
+        import sys
+
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sensor", "collect", "--nats-url", url, "--postgres", dsn,
+                                      *flags], stdout=subprocess.DEVNULL, stderr=self._log,
+                                     cwd=Path(__file__).resolve().parent.parent)
+        wait_for(lambda: b"SIGTERM stops" in log.read_bytes() or self.proc.poll() is not None, 30, 0.05,
+                 "the collector to start")
+        if self.proc.poll() is not None:
+            raise AssertionError(f"collector exited {self.proc.returncode}: {self.output()}")
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(30)
+        finally:
+            self._log.close()
+
+    def stored(self) -> int:
+        """From its closing line: how many events it stored."""
+        line = [x for x in self.output().splitlines() if "sensor collect: stopped" in x][-1]
+        return int(line.split("stopped; ")[1].split(" events stored")[0].replace(",", ""))
+
+
+def produce(sink, n: int, rate: float | None = None, dataset: str = "process") -> list[str]:
+    """n stamped events through a real sink (optionally paced); returns their event.ids."""
+    from sensor.host import Host
+    from sensor.schema import Stamper
+
+    stamper, ids, start = Stamper(Host()), [], time.monotonic()
+    for i in range(n):
+        ev = stamper.stamp({"event": {"dataset": dataset, "action": "exec", "category": ["process"]},
+                            "process": {"pid": 1000 + i, "name": "true", "entity_id": f"e{i}",
+                                        "args": ["/bin/true", str(i)]}})
+        sink.write(ev)
+        ids.append(ev["event"]["id"])
+        if rate and i % 100 == 0:
+            ahead = start + i / rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+    return ids
+
+
+def stream_messages(url: str, **connect) -> int:
+    import asyncio
+
+    import nats
+
+    async def count():
+        nc = await nats.connect(url, **connect)
+        try:
+            return (await nc.jetstream().stream_info("SENSOR")).state.messages
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def make_tls(directory: Path) -> dict:
+    """A CA made here, a server certificate for 127.0.0.1 and a client certificate it signed."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def cert(name, issuer_name, issuer_key, key, ca=False, san=None):
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+             .issuer_name(issuer_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    def write(stem, c, key):
+        (directory / f"{stem}.pem").write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        (directory / f"{stem}-key.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sensor test CA")])
+    ca = cert("sensor test CA", ca_name, ca_key, ca_key, ca=True)
+    write("ca", ca, ca_key)
+    for stem, san in (("server", [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+                      ("client", None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        write(stem, cert(stem, ca_name, ca_key, key, san=san), key)
+    return {name: str(directory / f"{name}.pem") for name in ("ca", "server", "client")} | {
+        "server_key": str(directory / "server-key.pem"), "client_key": str(directory / "client-key.pem")}

@@ -66,13 +66,19 @@ class BrokerOptions:
     def ssl_context(self) -> ssl.SSLContext | None:
         if not (self.tls_ca or self.tls_cert or any(u.startswith("tls://") for u in self.urls)):
             return None
+        for path in (self.tls_ca, self.tls_cert, self.tls_key):
+            if path:
+                try:
+                    open(path, "rb").close()
+                except OSError as exc:  # ssl's own errors do not name the file
+                    raise ConfigError(f"nats TLS: cannot read {path}: {exc.strerror}") from None
         try:
             ctx = ssl.create_default_context(cafile=self.tls_ca)
             if self.tls_cert:
                 ctx.load_cert_chain(self.tls_cert, self.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"nats TLS: cannot load {exc.filename or 'certificates'}: "
-                              f"{getattr(exc, 'strerror', None) or exc}") from None
+        except ssl.SSLError as exc:
+            raise ConfigError(f"nats TLS: {self.tls_ca}, {self.tls_cert}, {self.tls_key}: not a usable "
+                              f"CA, certificate and key ({exc.reason or exc})") from None
         return ctx
 
     def connect_kwargs(self) -> dict:
@@ -96,24 +102,34 @@ class BrokerOptions:
                             duplicate_window=self.duplicate_window)
 
 
-async def connect(opts: BrokerOptions, name: str, *, reconnect_forever: bool = True, callbacks=None):
-    """A connected nats-py client; raises BrokerError with the reason when no server answers."""
+async def connect(opts: BrokerOptions, name: str, *, timeout: float = 5.0, callbacks=None):
+    """A connected nats-py client that reconnects by itself from then on; BrokerError with the
+    last reason when no server accepted us within `timeout` seconds."""
+    import asyncio
+
     import nats
 
-    async def quiet_error(exc):  # nats-py logs every reconnect attempt: keep the reason instead
+    reasons: list = []
+
+    async def on_error(exc):  # nats-py reports every failed attempt here: keep the reason
+        reasons.append(exc)
         if callbacks is not None and "error" in callbacks:
             callbacks["error"](exc)
 
     cb = {k: v for k, v in (callbacks or {}).items() if k in ("disconnected_cb", "reconnected_cb")}
+    nc = None
     try:
-        return await nats.connect(name=name, allow_reconnect=True, connect_timeout=2,
-                                  reconnect_time_wait=0.5,
-                                  max_reconnect_attempts=-1 if reconnect_forever else 0,
-                                  error_cb=quiet_error, **cb, **opts.connect_kwargs())
+        # nats-py retries the first connection forever too (max_reconnect_attempts=-1): bound it
+        nc = await asyncio.wait_for(nats.connect(name=name, allow_reconnect=True, connect_timeout=2,
+                                                 reconnect_time_wait=0.5, max_reconnect_attempts=-1,
+                                                 error_cb=on_error, **cb, **opts.connect_kwargs()), timeout)
+        return nc
     except ConfigError:
         raise
     except Exception as exc:  # nats-py raises its own, OSError, ssl errors: all mean "cannot connect"
-        raise BrokerError(f"cannot connect to {','.join(opts.urls)}: {describe(exc)}") from None
+        why = describe(reasons[-1]) if reasons else (
+            f"no answer within {timeout:g}s" if isinstance(exc, asyncio.TimeoutError) else describe(exc))
+        raise BrokerError(f"cannot connect to {','.join(opts.urls)}: {why}") from None
 
 
 def describe(exc: BaseException) -> str:

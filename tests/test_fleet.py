@@ -1,0 +1,183 @@
+"""The fleet path with real servers: sensor -> outbox -> NATS JetStream -> sensor collect ->
+PostgreSQL -> sensor events --postgres; TLS and per-host permissions; bad input."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from conftest import ROOT, wait_for
+from fleetservers import Collector, NatsServer, Postgres, free_port, make_tls, produce, stream_messages
+from sensor.fleet.broker import BrokerOptions
+from sensor.fleet.nats_sink import NatsSink
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    pg = Postgres()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def dsn(postgres):
+    """A database of its own for each test, in the module's server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    postgres.query(f"CREATE DATABASE {name}")
+    return postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def nats(tmp_path):
+    server = NatsServer(tmp_path / "nats")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def collectors(tmp_path):
+    """collectors(url, dsn, *flags) -> Collector; all are stopped at teardown."""
+    started = []
+
+    def start(url, dsn, *flags):
+        c = Collector(tmp_path / f"collect{len(started)}.log", url, dsn, *flags)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait(10)
+
+
+def query(dsn, sql, *params):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def stored_ids(dsn) -> list[str]:
+    return [r[0] for r in query(dsn, "SELECT id FROM events")]
+
+
+def sensor_cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "sensor", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_sensor_events_reach_postgres_once_and_read_back_alike(start_sensor, nats, dsn, collectors):
+    collector = collectors(nats.url, dsn)
+    s = start_sensor("--sink", "store,nats", "--nats-url", nats.url, "--no-files-enabled", "--no-network-enabled",
+                     "--no-security-enabled", "--rules", "none")
+    subprocess.run(["sh", "-c", "for i in $(seq 100); do /bin/true; done"], check=True)
+    assert s.stop() == 0
+    local = [e["event"]["id"] for e in s.events()]
+    assert len(local) > 300  # 100 execs alone make 300 events
+    wait_for(lambda: len(stored_ids(dsn)) >= len(local), 60, 0.2, "every event in PostgreSQL")
+    ids = stored_ids(dsn)
+    assert sorted(ids) == sorted(local)  # each once: none lost, none twice
+    assert collector.stop() == 0
+
+    where = ["--where", "event.action=exec", "--where", "process.name=true"]
+    central = sensor_cli("events", "--postgres", dsn, *where)
+    here = sensor_cli("events", "--data-dir", str(s.data_dir), *where)
+    assert central.returncode == here.returncode == 0, central.stderr + here.stderr
+    central_events = [json.loads(line) for line in central.stdout.splitlines()]
+    assert len(central_events) >= 100
+    assert central_events == [json.loads(line) for line in here.stdout.splitlines()]
+
+    (name, lost, rss, version), = query(dsn, "SELECT name, lost, rss_bytes, version FROM hosts")
+    assert name == socket.gethostname() and lost == 0 and rss > 0 and version
+    health = query(dsn, "SELECT doc FROM events WHERE dataset = 'sensor.health' ORDER BY ts DESC LIMIT 1")[0][0]
+    assert health["sensor"]["health"]["nats"]["overflow"] == 0
+
+
+def test_two_collectors_share_the_consumer(tmp_path, nats, dsn, collectors):
+    first = collectors(nats.url, dsn, "--batch", "100")
+    second = collectors(nats.url, dsn, "--batch", "100")
+    sink = NatsSink(BrokerOptions.parse(nats.url), tmp_path / "outbox")
+    ids = produce(sink, 20_000, rate=5000)
+    sink.close(30)
+    assert sink.sent == 20_000
+    wait_for(lambda: len(stored_ids(dsn)) >= 20_000, 120, 0.2, "20,000 events stored")
+    assert first.stop() == second.stop() == 0
+    assert sorted(stored_ids(dsn)) == sorted(ids)
+    assert first.stored() > 0 and second.stored() > 0, (first.stored(), second.stored())
+    assert first.stored() + second.stored() == 20_000
+
+
+def test_tls_and_a_host_limited_to_its_own_subjects(tmp_path, dsn, collectors):
+    tls = make_tls(tmp_path / "tls")
+    # Each host may publish only under its own subjects (and read its acks); the collector may all.
+    server = NatsServer(tmp_path / "nats", extra=f"""
+tls {{ cert_file: "{tls['server']}", key_file: "{tls['server_key']}", ca_file: "{tls['ca']}", verify: true }}
+authorization {{ users: [
+  {{ user: collector, password: c-secret }}
+  {{ user: host-a, password: a-secret, permissions: {{
+       publish: {{ allow: ["sensor.events.host-a.>", "$JS.API.STREAM.INFO.SENSOR"] }},
+       subscribe: {{ allow: ["_INBOX.>"] }} }} }}
+] }}""")
+    try:
+        url = f"tls://127.0.0.1:{server.port}"
+        tls_flags = ["--nats-tls-ca", tls["ca"], "--nats-tls-cert", tls["client"], "--nats-tls-key", tls["client_key"]]
+        collector = collectors(url, dsn, "--nats-user", "collector", "--nats-password", "c-secret", *tls_flags)
+
+        opts = dict(tls_ca=tls["ca"], tls_cert=tls["client"], tls_key=tls["client_key"])
+        sink = NatsSink(BrokerOptions.parse(url, user="host-a", password="a-secret", **opts), tmp_path / "outbox")
+        from sensor.host import Host
+        from sensor.schema import Stamper
+
+        stamper = Stamper(Host())
+        ids = []
+        for host in ("host-a", "host-b"):  # host-b's subject is not host-a's to publish on
+            for i in range(50):
+                ev = stamper.stamp({"event": {"dataset": "process"}, "host": {"id": host}})
+                ev["host"]["id"] = host
+                sink.write(ev)
+                ids.append(ev["event"]["id"])
+        wait_for(lambda: sink.sent >= 50 and sink.last_error, 30, 0.1, "host-a's events sent, host-b's refused")
+        assert sink.sent == 50 and "ermission" in (sink.last_error or "") + server.tail()
+        wait_for(lambda: len(stored_ids(dsn)) >= 50, 60, 0.2, "host-a's events stored")
+        assert sorted(stored_ids(dsn)) == sorted(ids[:50])
+        assert sink.stats()["queued"] == 50  # refused ones stay in the outbox, counted, not dropped
+        sink.close(0.5)
+        assert collector.stop() == 0
+        with pytest.raises(Exception):  # no client certificate: the server refuses
+            stream_messages(url, user="collector", password="c-secret", connect_timeout=2, allow_reconnect=False,
+                            tls=BrokerOptions([url], tls_ca=tls["ca"]).ssl_context())
+    finally:
+        server.stop()
+
+
+def one_line_error(proc) -> str:
+    """The one `sensor: error:` line, last, with no traceback (progress log lines may precede it)."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert lines[-1].startswith("sensor: error: ") and "Traceback" not in proc.stderr, proc.stderr
+    assert sum(line.startswith("sensor: error") for line in lines) == 1
+    return lines[-1]
+
+
+def test_bad_input_gets_a_one_line_error(postgres, dsn, tmp_path):
+    dead = f"nats://127.0.0.1:{free_port()}"
+    msg = one_line_error(sensor_cli("collect", "--nats-url", dead, "--postgres", dsn))
+    assert f"cannot connect to {dead}" in msg
+    port = free_port()
+    msg = one_line_error(sensor_cli("collect", "--nats-url", dead, "--postgres", f"postgresql://postgres@127.0.0.1:{port}/x"))
+    assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/x" in msg
+    assert "not a connection string" in one_line_error(sensor_cli("events", "--postgres", "host=a =b"))
+    assert "nats://HOST:PORT" in one_line_error(sensor_cli("collect", "--nats-url", "http://x:1", "--postgres", dsn))
+    data = str(tmp_path / "data")
+    assert "no URL given" in one_line_error(sensor_cli("run", "--data-dir", data, "--sink", "store,nats", "--duration", "1"))
+    msg = one_line_error(sensor_cli("run", "--data-dir", data, "--sink", "nats", "--nats-url", "nats://127.0.0.1:1",
+                                    "--nats-tls-ca", str(tmp_path / "missing.pem"), "--duration", "1"))
+    assert "missing.pem" in msg
