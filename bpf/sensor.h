@@ -392,6 +392,14 @@ struct trace_held {
 /* Every enum above, typed once. clang writes into BTF only the types a variable or function uses;
  * this unused pointer (libbpf-tools' and cilium's way of exporting types) brings them all there,
  * where tests/test_wire.py compares each value with sensor/wire.py. 8 bytes of .rodata. */
+/* What the kernel stops for a file on the block list (its blocked_exec value): an exec of it,
+ * and for anything but an ELF binary (a script) every open of it for reading too, which is how
+ * its interpreter reads it. A binary stays readable (hashing, backups, package checks). */
+enum block_how {
+	BLOCK_EXEC = 1,
+	BLOCK_OPEN = 2,
+};
+
 struct wire_enums {
 	enum exec_limits exec_limits;
 	enum event_type event_type;
@@ -415,6 +423,7 @@ struct wire_enums {
 	enum spec_arg spec_arg;
 	enum trace_batch_limits trace_batch_limits;
 	enum trace_held_limits trace_held_limits;
+	enum block_how block_how;
 };
 const struct wire_enums *const volatile wire_enums = 0;
 

@@ -128,9 +128,9 @@ class Pipeline:
                     for response in self.responder.respond(a):
                         self.emit(response)
 
-    def _block(self, dev: int, ino: int):
+    def _block(self, dev: int, ino: int, path: str | None = None):
         for s in having(self.sources, BLOCK):
-            s.block(dev, ino)
+            s.block(dev, ino, path)
 
     def _drain(self, timers: bool = True) -> int:
         """Reads every source (with `timers` false, only those with an fd) until each has caught

@@ -71,8 +71,8 @@ class Reloader:
             p.responder = Responder(policies, p.host.boot_offset_ns, Quarantine(cfg["data_dir"]))
         else:
             p.policies = p.responder.policies = policies
-        for dev, ino, _ in blocked or ():
-            p._block(dev, ino)  # newly listed files join the kernel's list; a dropped one stays until restart
+        for dev, ino, path in blocked or ():
+            p._block(dev, ino, path)  # newly listed files join the kernel's list; a dropped one stays until restart
         self.reloads += 1
         log.info("reloaded: %d Sigma rules, %d response policies", len(rules.rules) if rules else 0,
                     len(policies.rules) if policies else 0)

@@ -56,8 +56,9 @@ class Policies:
 
     def blocked_files(self) -> list[tuple[int, int, str]]:
         """(kernel dev, inode, path) of every block-exec executable, resolved now. The kernel
-        kills an exec of one, and any process but the sensor that opens one for reading: how a
-        script is stopped when its interpreter opens it (bpf/activity/file.c)."""
+        kills an exec of one, and for a script (not an ELF binary) any process but the sensor that
+        opens it for reading: how a script is stopped when its interpreter opens it
+        (bpf/activity/file.c, sensor/linux/block.py block_how)."""
         out = []
         for p in self.rules:
             if p.action != "block-exec":

@@ -107,6 +107,9 @@ trace_batch = np.dtype([("n", "<u4"), ("_pad", "<u4"), ("recs", f"V{TRACE_BATCH_
 TRACE_HELD = 256
 trace_held = np.dtype([("turn", "<u8"), ("batch", trace_batch)])
 
+# enum block_how: what the kernel stops for a file on the block list (its blocked_exec value)
+BLOCK_EXEC, BLOCK_OPEN = 1, 2
+
 file_key = np.dtype([("dev", "<u8"), ("ino", "<u8")])
 
 tamper_event = np.dtype(_HEADER + [

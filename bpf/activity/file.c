@@ -31,8 +31,8 @@ struct {
 	__uint(max_entries, 1 << 22);
 } file_events SEC(".maps");
 
-/* A response policy blocks files (blocked_exec, the process object's map): an open of one for
- * reading kills the opener. On when the policy lists any, whether or not file events are on. */
+/* A response policy blocks files (blocked_exec, the process object's map): an open for reading
+ * of one marked BLOCK_OPEN (a script) kills the opener. On when the policy lists any, whether or not file events are on. */
 const volatile bool block_on = false;
 
 /* One write record per file and process per interval at most. */
@@ -272,7 +272,11 @@ static __always_inline void deny_open(struct file *f)
 	bool truncated;
 
 	/* O_PATH and write-only opens read nothing (FMODE_PATH files have no FMODE_READ) */
-	if (!(BPF_CORE_READ(f, f_mode) & FMODE_READ) || !bpf_map_lookup_elem(&blocked_exec, &key))
+	if (!(BPF_CORE_READ(f, f_mode) & FMODE_READ))
+		return;
+	__u8 *how = bpf_map_lookup_elem(&blocked_exec, &key);
+
+	if (!how || !(*how & BLOCK_OPEN))
 		return;
 	if (tgid == 1 || ignored(tgid))
 		return;

@@ -14,7 +14,7 @@ struct {
 	__type(value, __u8);
 } ignored_tgids SEC(".maps");
 
-/* Executables that must not run (inode -> 1), filled by user space from the response policy. */
+/* Files that must not run (inode -> enum block_how), filled by user space from the response policy. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);

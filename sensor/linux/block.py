@@ -26,6 +26,21 @@ def decode_blocked(raw: bytes) -> BlockedOpen:
                        int(r["ino"]), bytes(r["comm"]), truncated=bool(r["flags"] & wire.FILE_PATH_TRUNCATED))
 
 
+def block_how(path: str | None) -> bytes:
+    """The blocked_exec value of a file: its exec is stopped, and unless it is an ELF binary (a
+    script, which runs by being read) every open of it for reading too. Without a path (a binary
+    matched by hash at its exec), its exec."""
+    how = wire.BLOCK_EXEC
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                elf = f.read(4) == b"\x7fELF"
+        except OSError:
+            elf = False  # unreadable now: block it both ways
+        how |= 0 if elf else wire.BLOCK_OPEN
+    return bytes([how])
+
+
 def _kdev(st_dev: int) -> int:
     return (os.major(st_dev) << 20) | os.minor(st_dev)
 
@@ -118,6 +133,9 @@ class BlockSource(ActivityPart):
             for pid, name in held.get((dev, ino), []):
                 gaps.append(f"pid {pid} ({name}), which has it open or running since before the sensor "
                             "started, reads on")
+            if block_how(path)[0] == wire.BLOCK_EXEC:
+                gaps.append("a run through the dynamic loader (ld.so FILE), which reads it without an exec: "
+                            "a binary stays readable")
             if io_uring and not reason:
                 gaps.append("opens through io_uring (kernel.io_uring_disabled < 2), which no syscall "
                             "tracepoint sees")

@@ -11,7 +11,7 @@ from .. import wire
 from ..records import ProcessExec, ProcessExit, ProcessFork, Tamper
 from ..errors import SensorError
 from ..source import BLOCK, SHARED_MAPS, WATCH_PTRACE
-from .block import decode_blocked
+from .block import block_how, decode_blocked
 from .libbpf import BpfLoadError, BpfObject
 from .source import RingSource
 
@@ -98,7 +98,7 @@ class ProcessSource(RingSource):
     def __init__(self, *, ring_buffer_bytes: int = 4 << 20, threads: bool = False,
                  wakeup_bytes: int | None = None, object_path: Path = OBJECT,
                  only_traced: bool = False, follow_forks: bool = True,
-                 blocked: list[tuple[int, int]] = ()):
+                 blocked: list[tuple[int, int, str]] = ()):
         self.ring_buffer_bytes = ring_buffer_bytes
         # Exec/fork/exit are rare next to syscalls, and response latency counts (measured: a
         # 10 ms process is killed in time with the ring's adaptive wakeup, not with a quarter-full
@@ -108,7 +108,7 @@ class ProcessSource(RingSource):
         self.object_path = object_path
         # `sensor trace`: only processes in the `traced` map, which forks extend in the kernel
         self.only_traced, self.follow_forks = only_traced, follow_forks
-        self.blocked = list(blocked)  # (kernel dev, inode) of executables killed at exec
+        self.blocked = list(blocked)  # (kernel dev, inode, path) of files killed at exec (scripts: at open)
 
     def start(self):
         obj = BpfObject(self.object_path,
@@ -125,8 +125,8 @@ class ProcessSource(RingSource):
             # the sensor's own pid is excluded, and the block list in place, before any program runs
             o.map("ignored_tgids").update(os.getpid(), b"\x01")
             blocked = o.map("blocked_exec")
-            for dev, ino in self.blocked:
-                blocked.update(bytes(_FILE_KEY(dev=dev, ino=ino)), b"\x01")
+            for dev, ino, path in self.blocked:
+                blocked.update(bytes(_FILE_KEY(dev=dev, ino=ino)), block_how(path))
 
         return self._open(obj, setup, attach)
 
@@ -183,9 +183,9 @@ class ProcessSource(RingSource):
             self._lsm = None
         super().close()
 
-    def block(self, dev: int, ino: int):
-        """Adds an executable's inode to the kernel's block list while running."""
-        self._obj.map("blocked_exec").update(bytes(_FILE_KEY(dev=dev, ino=ino)), b"\x01")
+    def block(self, dev: int, ino: int, path: str | None = None):
+        """Adds a file's inode to the kernel's block list while running (see block_how)."""
+        self._obj.map("blocked_exec").update(bytes(_FILE_KEY(dev=dev, ino=ino)), block_how(path))
 
     def stats(self) -> dict:
         return {**super().stats(), "enforcement": self.enforcement}

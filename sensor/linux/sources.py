@@ -27,7 +27,7 @@ def build_sources(cfg, blocked=None) -> list:
 
             sources.append(ProcessSource(ring_buffer_bytes=opts["ring_buffer_bytes"],
                                          threads=opts["threads"], wakeup_bytes=opts["wakeup_bytes"],
-                                         blocked=[(dev, ino) for dev, ino, _ in blocked or ()]))
+                                         blocked=list(blocked or ())))
     # the file, network and security sources share one object, which shares maps with the process
     # programs (the sensor's pids, written files)
     shared_activity = []
