@@ -19,12 +19,24 @@ OPS = {
 _TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink"}
 
 
+def _sep(path: str) -> str:
+    """A Windows path (`C:\\...`, `\\\\server\\...`) splits at backslashes, any other at slashes."""
+    return "\\" if path[1:3] == ":\\" or path.startswith("\\\\") else "/"
+
+
+def basename(path: str) -> str:
+    return path.rsplit(_sep(path), 1)[-1]
+
+
 def path_fields(path: bytes | str, prefix: str, escaped: list[str]) -> dict:
-    """file.path, file.name, file.directory and file.extension of one path."""
+    """file.path, file.name, file.directory and file.extension of one path (POSIX or Windows)."""
     s, esc = text(path)
     if esc:
         escaped.append(prefix + ".path")
-    directory, name = s.rsplit("/", 1) if "/" in s else ("", s)
+    sep = _sep(s)
+    directory, name = s.rsplit(sep, 1) if sep in s else ("", s)
+    if sep == "\\" and directory.endswith(":"):  # C:\x: the directory is the drive's root
+        directory += sep
     out = {"path": s, "name": name, "directory": directory or "/"}
     ext = os.path.splitext(name)[1]
     if len(ext) > 1:
@@ -47,6 +59,8 @@ def kernel_dev(dev: int) -> str:
 
 
 def file_event(r: FileActivity, table) -> dict:
+    """The event of one record, from any backend; `table` (the process cache) names the acting
+    process, None where the OS does not say who (watchdog)."""
     types, ftype = OPS[r.op]
     escaped: list[str] = []
     file = path_fields(r.path, "file", escaped)
@@ -75,7 +89,7 @@ def file_event(r: FileActivity, table) -> dict:
         file["write_bytes"] = r.bytes
     event = {"event": {"kind": "event", "category": ["file"], "type": types, "action": r.op,
                        "dataset": "file", "module": "ebpf"},
-             "file": file, **table.actor(r.pid, r.start_ns, r.tid, r.comm)}
+             "file": file, **(table.actor(r.pid, r.start_ns, r.tid, r.comm) if table is not None else {})}
     truncated = [f for name, f in (("path", "file.path"),
                                    ("path2", "file.original.path" if r.op == "rename" else "file.target_path"))
                  if name in r.truncated]

@@ -1,10 +1,11 @@
 """Network events in the schema: the one place NetActivity records become `event.dataset:
-network` events, and DNS payloads (parsed with scapy) `network.dns` events."""
+network` events, and DNS payloads (parsed with scapy) and resolver lookups `network.dns` events."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 
-from .records import NetActivity
+from .records import DnsLookup, NetActivity
 from .schema import text
 
 log = logging.getLogger("sensor.network")
@@ -104,3 +105,41 @@ def parse_dns(payload: bytes) -> dict | None:
         out["answers"] = answers
         out["resolved_ip"] = [a["data"] for a in answers if a["type"] in ("A", "AAAA")]
     return out
+
+
+def _dns_status(status: int | None) -> str | None:
+    """Windows resolver status: 0, DNS_ERROR_RCODE_* (9000 + rcode), or another Win32 error."""
+    if status is None:
+        return None
+    if status == 0 or 9000 < status < 9016:
+        return RCODES.get(status % 9000, str(status % 9000))
+    return str(status)
+
+
+def dns_event(r: DnsLookup, table) -> dict:
+    """A name the OS's resolver looked up, with its outcome: one `network.dns` query event (no
+    packet was seen, so no ids or flags)."""
+    question = {"name": r.name}
+    if r.qtype:
+        question["type"] = r.qtype
+    dns = {"type": "query", "question": question}
+    code = _dns_status(r.status)
+    if code is not None:
+        dns["response_code"] = code
+    resolved = [ip for ip in (_ip(x) for x in r.results) if ip]
+    if resolved:
+        dns["resolved_ip"] = resolved
+    return {"event": {"kind": "event", "category": ["network"], "type": ["protocol"], "action": "dns-query",
+                      "dataset": "network.dns", "module": "etw"},
+            "network": {"protocol": "dns"}, "dns": dns, **table.actor(r.pid, r.start_ns, r.tid, r.comm)}
+
+
+def _ip(item: str) -> str | None:
+    """An address of a resolver's result list (`::ffff:1.2.3.4` as 1.2.3.4), or None (CNAMEs)."""
+    item = item.strip()
+    if item.startswith("::ffff:") and "." in item:
+        item = item[7:]
+    try:
+        return str(ipaddress.ip_address(item))
+    except ValueError:
+        return None

@@ -13,10 +13,11 @@ from functools import lru_cache
 import psutil
 
 from .host import NS_PER_TICK, Host, start_ticks
-from .records import (UNSET_ID, BlockedOpen, FileActivity, NetActivity, ProcessExec, ProcessExit, ProcessFork,
-                      SecurityCall, Tamper)
-from .files import file_event, kernel_dev, path_fields
-from .network import network_event
+from .records import (UNSET_ID, BlockedOpen, DnsLookup, FileActivity, NetActivity, ProcessExec, ProcessExit,
+                      ProcessFork, RegistryChange, SecurityCall, Tamper)
+from .files import basename, file_event, kernel_dev, path_fields
+from .network import dns_event, network_event
+from .registry import registry_event
 from .schema import exit_fields, rfc3339, text
 from .security import security_event
 
@@ -87,14 +88,17 @@ class Proc:
     _short: dict | None = None  # the image fields of ecs(full=False), and of ecs()
     _full: dict | None = None
     _start: str | None = None
+    account: dict | None = None  # Windows: user.* from the SID and name the OS recorded (no uid)
 
-    def set_image(self, executable, args: list, cwd, truncated=_NOTHING, args_count: int | None = None):
+    def set_image(self, executable, args: list, cwd, truncated=_NOTHING, args_count: int | None = None,
+                  command_line=None):
+        """`command_line`: as the OS recorded it (Windows), else the args joined."""
         escaped: set[str] = set()
         self.executable = _text(escaped, "executable", executable)
-        self.name = os.path.basename(self.executable) if self.executable else None
+        self.name = basename(self.executable) if self.executable else None
         self.args = [_text(escaped, "args", a) for a in args]
         self.args_count = len(self.args) if args_count is None else args_count
-        self.command_line = " ".join(self.args)
+        self.command_line = " ".join(self.args) if command_line is None else _text(escaped, "args", command_line)
         self.cwd = _text(escaped, "working_directory", cwd)
         self.escaped, self.truncated = frozenset(escaped), frozenset(truncated)
         self._short = self._full = None
@@ -115,7 +119,10 @@ class Proc:
         if self._start is None:
             self._start = rfc3339(host.unix_ns(self.start_ns))
         image = self._full_fields() if full else self._short_fields()
-        return {"pid": self.pid, "entity_id": self.entity_id, "start": self._start, **image}
+        out = {"pid": self.pid, "entity_id": self.entity_id, "start": self._start, **image}
+        if not self.start_ns:  # known only from another process's event (Windows): start unknown
+            del out["start"]
+        return out
 
     def _short_fields(self) -> dict:
         if self._short is None:
@@ -225,6 +232,10 @@ class ProcessTable:
                 return self.on_tamper(Tamper(record.ts_ns, record.pid, record.tid, target, 0, record.args[0],
                                              record.comm))
             return security_event(record, self)
+        if isinstance(record, RegistryChange):
+            return registry_event(record, self)
+        if isinstance(record, DnsLookup):
+            return dns_event(record, self)
         return None
 
     def actor(self, pid: int, start_ns: int | None, tid: int, comm: bytes) -> dict:
@@ -232,13 +243,15 @@ class ProcessTable:
         proc = self.find(pid, start_ns)
         if proc is None:  # not in the cache (started and ended between two reads): what the record says
             entity = {"entity_id": self.host.entity_id(pid, start_ns)} if start_ns else {}
-            return {"process": {"pid": pid, **entity, "name": text(comm)[0], "thread": {"id": tid}}, "user": {}}
+            return {"process": {"pid": pid, **entity, "name": text(comm)[0], **({"thread": {"id": tid}} if tid else {})},
+                    "user": {}}
         process = proc.ecs(self.host, full=False)
-        process["thread"] = {"id": tid}
+        if tid:  # 0: not said (Windows events about another process)
+            process["thread"] = {"id": tid}
         if proc.ppid:
             process["parent"] = {"pid": proc.ppid, **({"entity_id": proc.parent_entity_id}
                                                       if proc.parent_entity_id else {})}
-        out = {"process": process, "user": _ids(proc.euid)}
+        out = {"process": process, "user": dict(proc.account) if proc.account else _ids(proc.euid)}
         flags = {}
         if proc.escaped:
             flags["escaped"] = proc.flagged("process", proc.escaped & {"executable", "args"})
@@ -276,14 +289,23 @@ class ProcessTable:
         proc = self.find(r.pid, r.start_ns) or self._new(r.pid, r.start_ns)
         self.live[r.pid] = proc
         proc.ppid = r.ppid
-        proc.parent_entity_id = self.host.entity_id(r.ppid, r.parent_start_ns)
+        if r.parent_start_ns:
+            proc.parent_entity_id = self.host.entity_id(r.ppid, r.parent_start_ns)
+        else:  # the parent's start is unknown (polling, Windows): the live one, if any
+            parent = self.live.get(r.ppid)
+            proc.parent_entity_id = parent.entity_id if parent else None
         proc.set_ids(r.uid, r.euid, r.gid, r.egid)
+        if r.account:
+            proc.account = dict(r.account)
         exe = r.executable
         if not exe:  # no mm->exe_file (rare): fall back to the name passed to execve
             exe = r.filename if r.filename.startswith(b"/") or r.cwd is None else r.cwd.rstrip(b"/") + b"/" + r.filename
         trunc = {"working_directory" if t == "cwd" else t for t in r.truncated if t != "filename"}
-        proc.set_image(exe, r.args, r.cwd, trunc, r.argc)
-        event = self._event("exec", ["start"], proc, r.ppid, r.parent_start_ns, r.tid)
+        proc.set_image(exe, r.args, r.cwd, trunc, r.argc, r.command_line)
+        event = self._event("exec", ["start"], proc, r.ppid, r.parent_start_ns or None, r.tid)
+        for dotted, value in r.image_info:  # pe.*, hash.*: what the OS said of this image
+            head, _, leaf = dotted.rpartition(".")
+            event["process"].setdefault(head, {})[leaf] = value
         if r.filename != (r.executable or b""):  # a script, or a path through a symlink
             event["process"]["filename"], escaped = text(r.filename)
             if escaped:
@@ -354,6 +376,8 @@ class ProcessTable:
         event = self._event("exit", ["end"], proc, proc.ppid or r.ppid, None, r.pid)
         if r.exit_code is not None:
             event["process"].update(exit_fields(r.exit_code))
+        elif r.code is not None:
+            event["process"]["exit_code"] = r.code
         event["process"]["end"] = rfc3339(self.host.unix_ns(r.ts_ns))
         event["event"]["duration"] = max(r.ts_ns - proc.start_ns, 0)
         return event
@@ -374,7 +398,8 @@ class ProcessTable:
 
     def _event(self, action: str, types: list[str], proc: Proc, ppid, parent_start_ns, tid) -> dict:
         process = proc.ecs(self.host)
-        process["thread"] = {"id": tid}
+        if tid:  # 0: not said (Windows events about another process)
+            process["thread"] = {"id": tid}
         escaped = proc.flagged("process", proc.escaped)
         truncated = proc.flagged("process", proc.truncated)
         if ppid:
@@ -387,7 +412,7 @@ class ProcessTable:
             "event": {"kind": "event", "category": ["process"], "type": types, "action": action,
                       "dataset": "process", "module": "ebpf"},
             "process": process,
-            "user": _ids(proc.euid),
+            "user": dict(proc.account) if proc.account else _ids(proc.euid),
         }
         if escaped or truncated:
             flags = event["sensor"] = {}

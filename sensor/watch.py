@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 import warnings
 from collections import deque
 from dataclasses import dataclass
 
-from .files import path_fields, prefix_bytes
+from .files import file_event, prefix_bytes
+from .records import FileActivity
 from .timersource import TimerSource
 
 log = logging.getLogger("sensor.watch")
@@ -20,8 +20,6 @@ log = logging.getLogger("sensor.watch")
 # what the handler queues: opened/closed add nothing a created or modified does not say; attrib
 # is watchdog 7's chmod, chown and touch on inotify
 _KINDS = frozenset(("created", "deleted", "modified", "attrib", "moved"))
-_TYPES = {"create": ["creation"], "mkdir": ["creation"], "write": ["change"], "rename": ["change"],
-          "delete": ["deletion"], "rmdir": ["deletion"]}
 
 
 @dataclass
@@ -137,29 +135,22 @@ class WatchdogFileSource(TimerSource):
         self._pending[key] = p
 
     def _event(self, p: _Pending) -> dict:
-        escaped: list[str] = []
-        file = path_fields(p.path, "file", escaped)
-        if p.action in ("mkdir", "rmdir"):
-            file["type"] = "dir"
+        """Through the one builder of file events (sensor.files), with what stat says now."""
         try:
             st = os.lstat(p.path)
         except OSError:
             st = None  # gone already (deleted, renamed again)
+        rec = FileActivity(0, None, None, None, p.action, p.path, p.original, count=p.count,
+                           **({} if st is None else {"dev": _kernel_dev(st.st_dev), "ino": st.st_ino,
+                                                     "mode": st.st_mode, "uid": st.st_uid, "gid": st.st_gid}))
+        event = file_event(rec, None)  # the OS does not say who
+        event["event"]["module"] = "watchdog"
+        file = event["file"]
+        file.pop("write_bytes", None)  # not known here
         if st is not None:
-            file.setdefault("type", "dir" if stat.S_ISDIR(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode)
-                            else "file")
-            file.update(mode=f"{stat.S_IMODE(st.st_mode):04o}", uid=str(st.st_uid), gid=str(st.st_gid),
-                        inode=str(st.st_ino), size=st.st_size)
+            file["size"] = st.st_size
         elif p.action in ("create", "delete", "write"):
             file.setdefault("type", "file")
-        if p.original is not None:
-            file["original"] = path_fields(p.original, "file.original", escaped)
-        if p.action == "write":
-            file["write_count"] = p.count
-        event = {"event": {"kind": "event", "category": ["file"], "type": _TYPES[p.action], "action": p.action,
-                           "dataset": "file", "module": "watchdog"}, "file": file}
-        if escaped:
-            event["sensor"] = {"escaped": escaped}
         return event
 
     def stats(self) -> dict:
@@ -174,3 +165,11 @@ class WatchdogFileSource(TimerSource):
 
     def close(self):
         self.detach()
+
+
+def _kernel_dev(st_dev: int) -> int:
+    """st_dev in the kernel's encoding (major << 20 | minor), as the eBPF records carry it; on
+    Windows (no major/minor) the volume serial number as it is."""
+    if not hasattr(os, "major"):
+        return st_dev
+    return os.major(st_dev) << 20 | os.minor(st_dev)

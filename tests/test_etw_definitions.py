@@ -29,3 +29,10 @@ def test_keyword_masks_are_the_documented_bits():
     assert p["Microsoft-Windows-Kernel-Registry"].any_keywords == 0x1000 | 0x4000 | 0x100 | 0x200
     assert p["Microsoft-Windows-Kernel-Network"].any_keywords == 0x30
     assert p["Windows Kernel Trace"].session == "NT Kernel Logger"
+
+
+def test_every_record_kind_has_one_mapper():
+    from sensor.windows.mappers import MAPPERS
+
+    used = {e.record for p in load().values() for e in p.events.values()}
+    assert used == set(RECORD_FIELDS) == set(MAPPERS)
