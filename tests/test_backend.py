@@ -33,8 +33,8 @@ def test_sources_declare_capabilities_rather_than_being_probed():
     cfg["data_dir"] = "/nonexistent-sensor-data"
     built = linux.build_sources(cfg, blocked=[]) + windows.build_sources(cfg)
     names = {type(s).__name__ for s in built}
-    assert {"ProcessSource", "FileSource", "NetSource", "SecuritySource", "BlockSource", "PollingProcessSource",
-            "WatchdogFileSource"} <= names, names
+    assert {"ProcessSource", "FileSource", "NetSource", "SecuritySource", "BlockSource", "EtwSource",
+            "EventLogSource"} <= names, names
     for s in built:
         assert isinstance(s, Source), type(s).__name__
         assert s.capabilities <= CAPABILITIES, (type(s).__name__, s.capabilities)
@@ -45,9 +45,17 @@ def test_sources_declare_capabilities_rather_than_being_probed():
     assert all(not s.capabilities for s in built if s is not process)
 
 
-def test_windows_watches_the_key_directories():
+def test_windows_sessions_and_key_directories():
     cfg = config.defaults()
     cfg["data_dir"] = r"C:\ProgramData\sensor"
+    built = windows.build_sources(cfg)
+    sessions = {s.name: s.session for s in built if type(s).__name__ == "EtwSource"}
+    assert sessions == {"process": "sensor-kernel-process", "process.command_line": "NT Kernel Logger",
+                        "file": "sensor-kernel-file", "network": "sensor-kernel-network",
+                        "network.dns": "sensor-dns-client", "registry": "sensor-kernel-registry"}
+    # the kernel logger's command lines reach Kernel-Process starts through one shared mapper
+    assert len({id(s.mapper) for s in built if hasattr(s, "mapper")}) == 1
+    cfg["files.backend"] = "watchdog"
     files = next(s for s in windows.build_sources(cfg) if s.name == "file")
     for path in (r"C:\Users", r"C:\Windows\Temp", r"C:\Windows\Tasks", r"C:\Windows\System32",
                  r"C:\Windows\SysWOW64", r"C:\Windows\WinSxS"):

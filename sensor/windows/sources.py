@@ -16,16 +16,36 @@ WATCH_PATHS = [r"C:\Users", r"C:\ProgramData\Microsoft\Windows\Start Menu\Progra
 
 
 def build_sources(cfg, blocked=None) -> list:
-    """The sources the config asks for, not yet started. `blocked` is honoured after the fact:
-    Windows has no in-kernel exec hook for us, so a blocked image is killed at its process start."""
+    """The sources the config asks for, not yet started: an ETW session per provider in etw/,
+    the Event Log channels, and the portable ones where asked. `blocked` is honoured after the
+    fact: Windows gives no hook before an image runs, so a blocked image dies at its start event."""
+    from .etw import EtwSource
+    from .eventlog import EventLogSource
+    from .mappers import Mapper
+    from .providers import load
+
+    p = load()
+    mapper = Mapper(None)  # one for all sessions: the kernel logger's command lines join Kernel-Process starts
     sources = []
     if cfg["process.enabled"]:
-        sources.append(portable.process_source(cfg))
+        if cfg["process.backend"] == "psutil":
+            sources.append(portable.process_source(cfg))
+        else:
+            sources += [EtwSource("process", [p["Microsoft-Windows-Kernel-Process"]], mapper),
+                        EtwSource("process.command_line", [p["Windows Kernel Trace"]], mapper)]
+        sources.append(EventLogSource(mapper))  # Sysmon and Security 4688, where they are on
     if cfg["files.enabled"]:
-        sources.append(portable.file_source(cfg, WATCH_PATHS))
-    for name in ("network", "security", "packets"):
-        if cfg[f"{name}.enabled"]:
-            log.info("%s events: no Windows source", name)
+        if cfg["files.backend"] == "watchdog":
+            sources.append(portable.file_source(cfg, WATCH_PATHS))
+        else:
+            sources.append(EtwSource("file", [p["Microsoft-Windows-Kernel-File"]], mapper, paths=WATCH_PATHS))
+    if cfg["network.enabled"]:
+        sources += [EtwSource("network", [p["Microsoft-Windows-Kernel-Network"]], mapper),
+                    EtwSource("network.dns", [p["Microsoft-Windows-DNS-Client"]], mapper)]
+    if cfg["security.enabled"]:
+        sources.append(EtwSource("registry", [p["Microsoft-Windows-Kernel-Registry"]], mapper))
+    if cfg["packets.enabled"]:
+        log.info("packets: no Windows source (AF_PACKET is Linux's)")
     return sources + portable.common_sources(cfg)
 
 
@@ -41,8 +61,8 @@ def fallback(source, reason: str, cfg):
         log.warning("ETW file monitoring unavailable (%s); falling back to watchdog on the key "
                     "directories: file events without the acting process", reason)
         return portable.file_source(cfg, WATCH_PATHS)
-    if source.name in ("network", "registry", "dns", "eventlog"):
-        log.warning("ETW %s monitoring unavailable (%s): no %s events", source.name, reason, source.name)
+    if source.name in ("process.command_line", "network", "network.dns", "registry", "eventlog"):
+        log.warning("%s unavailable (%s): running without it", source.name, reason)
         return None
     raise LookupError(source.name)
 
