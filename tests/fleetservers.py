@@ -11,7 +11,10 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
+
+import pytest
 
 from conftest import wait_for
 
@@ -118,15 +121,17 @@ class Postgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _as_postgres(self, cmd, **kw):
-        return subprocess.run(["runuser", "-u", "postgres", "--", *map(str, cmd)], capture_output=True, **kw)
+        return subprocess.run(list(map(str, cmd)), capture_output=True, user=self.user.pw_uid,
+                              group=self.user.pw_gid, extra_groups=[], **kw)
 
     def start(self):
         self.log = open(self.dir / "postgres.log", "ab")
         os.chown(self.dir / "postgres.log", self.user.pw_uid, self.user.pw_gid)
-        self.proc = subprocess.Popen(["runuser", "-u", "postgres", "--", str(PG_BIN / "postgres"), "-D", str(self.data),
-                                      "-p", str(self.port), "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1",
-                                      "-c", "fsync=off", "-c", "max_connections=50"],
-                                     stdout=self.log, stderr=self.log)
+        # postgres itself is the child (not runuser, which would not pass on our signals)
+        self.proc = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                                      "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+                                      "-c", "max_connections=50"], stdout=self.log, stderr=self.log,
+                                     user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[], cwd=self.dir)
 
         def ready():
             if self.proc.poll() is not None:
@@ -136,7 +141,7 @@ class Postgres:
         wait_for(ready, 30, 0.1, "postgres to accept connections")
 
     def stop(self):
-        stop(self, signal.SIGINT, 30)  # runuser forwards it; SIGINT is postgres's fast shutdown
+        stop(self, signal.SIGINT, 30)  # postgres's fast shutdown
 
     def query(self, sql: str, *params):
         import psycopg
@@ -147,7 +152,7 @@ class Postgres:
 
     def destroy(self):
         self.stop()
-        # a killed runuser may leave postgres itself running: stop it by its own pid file
+        # a test killed mid-way may leave a postmaster of ours running: stop it by its pid file
         pidfile = self.data / "postmaster.pid"
         if pidfile.exists():
             try:
@@ -263,3 +268,59 @@ def make_tls(directory: Path) -> dict:
         write(stem, cert(stem, ca_name, ca_key, key, san=san), key)
     return {name: str(directory / f"{name}.pem") for name in ("ca", "server", "client")} | {
         "server_key": str(directory / "server-key.pem"), "client_key": str(directory / "client-key.pem")}
+
+
+# -- fixtures (import them into a test module) ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def postgres():
+    pg = Postgres()
+    try:
+        yield pg
+    finally:
+        pg.destroy()
+
+
+@pytest.fixture
+def dsn(postgres):
+    """A database of its own for each test, in the module's server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    postgres.query(f"CREATE DATABASE {name}")
+    return postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def nats(tmp_path):
+    server = NatsServer(tmp_path / "nats")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def collectors(tmp_path):
+    """collectors(url, dsn, *flags) -> Collector; all are stopped at teardown."""
+    started = []
+
+    def start(url, dsn, *flags):
+        c = Collector(tmp_path / f"collect{len(started)}.log", url, dsn, *flags)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        if c.proc.poll() is None:
+            c.proc.kill()
+            c.proc.wait(10)
+
+
+def query(dsn, sql, *params):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def stored_ids(dsn) -> list[str]:
+    return [r[0] for r in query(dsn, "SELECT id FROM events")]

@@ -6,68 +6,14 @@ import json
 import socket
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 from conftest import ROOT, wait_for
-from fleetservers import Collector, NatsServer, Postgres, free_port, make_tls, produce, stream_messages
+from fleetservers import (NatsServer, collectors, dsn, free_port, make_tls, nats, postgres, produce,  # noqa: F401
+                          query, stored_ids, stream_messages)
 from sensor.fleet.broker import BrokerOptions
 from sensor.fleet.nats_sink import NatsSink
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    pg = Postgres()
-    try:
-        yield pg
-    finally:
-        pg.destroy()
-
-
-@pytest.fixture
-def dsn(postgres):
-    """A database of its own for each test, in the module's server."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    postgres.query(f"CREATE DATABASE {name}")
-    return postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.fixture
-def nats(tmp_path):
-    server = NatsServer(tmp_path / "nats")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def collectors(tmp_path):
-    """collectors(url, dsn, *flags) -> Collector; all are stopped at teardown."""
-    started = []
-
-    def start(url, dsn, *flags):
-        c = Collector(tmp_path / f"collect{len(started)}.log", url, dsn, *flags)
-        started.append(c)
-        return c
-
-    yield start
-    for c in started:
-        if c.proc.poll() is None:
-            c.proc.kill()
-            c.proc.wait(10)
-
-
-def query(dsn, sql, *params):
-    import psycopg
-
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def stored_ids(dsn) -> list[str]:
-    return [r[0] for r in query(dsn, "SELECT id FROM events")]
 
 
 def sensor_cli(*args, timeout=60):
