@@ -127,3 +127,39 @@ def test_bad_input_gets_a_one_line_error(postgres, dsn, tmp_path):
     msg = one_line_error(sensor_cli("run", "--data-dir", data, "--sink", "nats", "--nats-url", "nats://127.0.0.1:1",
                                     "--nats-tls-ca", str(tmp_path / "missing.pem"), "--duration", "1"))
     assert "missing.pem" in msg
+
+
+def test_the_outbox_holds_events_across_a_restart_and_counts_what_overflows(tmp_path, nats):
+    dead = f"nats://127.0.0.1:{free_port()}"
+    sink = NatsSink(BrokerOptions.parse(dead), tmp_path / "outbox", max_bytes=300 << 10)
+    ids = produce(sink, 3000)  # ~450 bytes each: about 650 fit in 300 KiB
+    wait_for(lambda: sink.stats()["queued"] + sink.stats()["overflow"] == 3000 and not sink._queue, 30, 0.05,
+             "every event queued or counted")
+    kept, overflow = sink.stats()["queued"], sink.stats()["overflow"]
+    assert 0 < kept < 3000 and kept + overflow == 3000 and sink.sent == 0
+    assert "cannot connect" in sink.stats()["error"]
+    sink.close(0)  # the sensor stops with the broker still unreachable
+
+    sink = NatsSink(BrokerOptions.parse(nats.url), tmp_path / "outbox")  # restarted, broker back
+    wait_for(lambda: sink.sent >= kept, 60, 0.05, "the kept events sent")
+    sink.close(10)
+    assert sink.sent == kept and sink.outbox.pending == 0
+    assert stream_ids(nats.url) == ids[:kept]  # the oldest, in order, once each
+
+
+def stream_ids(url: str) -> list[str]:
+    """The event.id of every message in the stream, in stream order."""
+    import asyncio
+
+    import nats as nats_client
+
+    async def read():
+        nc = await nats_client.connect(url)
+        try:
+            js = nc.jetstream()
+            n = (await js.stream_info("SENSOR")).state.messages
+            return [json.loads((await js.get_msg("SENSOR", seq)).data)["event"]["id"] for seq in range(1, n + 1)]
+        finally:
+            await nc.close()
+
+    return asyncio.run(read())
