@@ -44,7 +44,7 @@ NONASCII = 4  # an anchor of its own: the value cannot be ASCII text (fires only
 # the only non-ASCII characters that re.IGNORECASE or str.lower() match to an ASCII one
 # (tests/test_rules_index.py checks this against every code point)
 ASCII_FOLDS = frozenset("\u0130\u0131\u017f\u212a")
-CLAUSES = 2     # per rule: each more is more bookkeeping per event than it saves
+CLAUSES = 2     # per rule: a third would rarely prune more than it costs
 _ALTS = 32      # most strings a regex clause or alternation may hold
 
 
@@ -219,41 +219,61 @@ def _word(t: Trigger) -> str | None:
 
 
 class _FieldScan:
-    """One field's literals in one automaton: the keys (see Index) whose triggers a value fires."""
+    """One field's literals in one automaton: the rules whose first and second clauses a value fires."""
 
-    def __init__(self, words: dict[str | None, set]):
-        self.every = frozenset().union(*words.values())
+    def __init__(self, words: dict[str | None, tuple[set, set]]):
+        self.every = tuple(frozenset().union(*(w[j] for w in words.values())) for j in range(CLAUSES))
         self.words = [w for w in words if w is not None]
-        self.keys = [frozenset(words[w]) for w in self.words]
+        self.keys = [tuple(frozenset(words[w][j]) for w in self.words) for j in range(CLAUSES)]
         self.auto = AhoCorasick(self.words, implementation=Implementation.DFA) if self.words else None
+        self.none = (frozenset(),) * CLAUSES
         self.text = lru_cache(maxsize=SCANS_KEPT)(self._text)
 
-    def _text(self, v: str) -> frozenset:
+    def _text(self, v: str) -> tuple:
         if not v.isascii():
             return self.every
         if self.auto is None:
-            return frozenset()
-        found = self.auto.find_matches_as_indexes(BEGIN + v.lower() + FINISH, overlapping=True)
-        return frozenset().union(*map(self.keys.__getitem__, map(_first, found)))
+            return self.none
+        found = [i for i, _, _ in self.auto.find_matches_as_indexes(BEGIN + v.lower() + FINISH, overlapping=True)]
+        return tuple(frozenset().union(*map(keys.__getitem__, found)) for keys in self.keys)
 
-    def value(self, v) -> frozenset:
+    def value(self, v) -> tuple:
         """For a value that is not a str: numbers and booleans as text, anything else fires all."""
         return self._text(str(v)) if type(v) in (int, float, bool) else self.every
 
 
+def _memoized(rule):
+    """A rule that runs on every event, remembering its verdict on the values it reads (rules are
+    pure; an executable recurs): the key holds each value's type, so 1, 1.0 and True differ."""
+    paths, match = tuple(sorted(rule.paths)), rule.match
+
+    @lru_cache(maxsize=SCANS_KEPT)
+    def known(key):
+        return match(dict(zip(paths, key[0])))
+
+    def memo(flat):
+        values = tuple(flat[p] for p in paths)
+        try:
+            return known((values, tuple(map(type, values))))
+        except TypeError:  # an unhashable value (a list): evaluated as it is
+            return match(flat)
+    return memo
+
+
 class Index:
-    """One logsource category's rules, with an automaton per field over their triggers. A trigger
-    stands for a key: rule number * CLAUSES + clause number."""
+    """One logsource category's rules, with an automaton per field over their triggers, which
+    stand for rule numbers: per clause (first, second), the rules it belongs to."""
 
     def __init__(self, rules: list):
         self.rules = rules
         self.always = [i for i, r in enumerate(rules) if r.needs is None]
-        self.clauses = [len(r.needs or ()) for r in rules]
-        per_path: dict[str, dict[str, set]] = {}
+        self.matchers = [_memoized(r) if r.needs is None else r.match for r in rules]
+        self.single = frozenset(i for i, r in enumerate(rules) if r.needs is not None and len(r.needs) == 1)
+        per_path: dict[str, dict] = {}
         for i, r in enumerate(rules):
             for j, clause in enumerate(r.needs or ()):
                 for t in clause:
-                    per_path.setdefault(t.path, {}).setdefault(_word(t), set()).add(i * CLAUSES + j)
+                    per_path.setdefault(t.path, {}).setdefault(_word(t), (set(), set()))[j].add(i)
         groups: dict[str, list] = {}  # fields grouped by their parent object, read once per event
         for path, words in sorted(per_path.items()):
             parent, _, leaf = path.rpartition(".")
@@ -261,9 +281,9 @@ class Index:
         self.groups = [(tuple(parent.split(".")) if parent else (), leaves) for parent, leaves in groups.items()]
 
     def candidates(self, event: dict, flat: Fields) -> list[int]:
-        """Numbers, in rule order, of the rules that can match `event`; the fields read are left
-        in `flat` (read as schema.get does)."""
-        hit = set()
+        """Numbers, in rule order, of the rules that can match `event`: those with one clause
+        that fired, or two that both did; the fields read are left in `flat` (as schema.get reads)."""
+        first, second = set(), set()
         for parts, leaves in self.groups:
             d = event
             for p in parts:
@@ -275,15 +295,13 @@ class Index:
                     v = d.get(leaf) if isinstance(d, dict) else None
                 flat[path] = v
                 if v is not None:
-                    hit |= scan.text(v) if type(v) is str else scan.value(v)
-        if not hit:
+                    a, b = scan.text(v) if type(v) is str else scan.value(v)
+                    first |= a
+                    second |= b
+        if not first:
             return self.always
-        clauses = self.clauses
-        found = [i for i in {k // CLAUSES for k in hit}
-                 if clauses[i] == 1 or all(i * CLAUSES + j in hit for j in range(clauses[i]))]
-        if self.always:
-            found += self.always
-        found.sort()
+        first = (first & self.single) | (first & second)
+        found = sorted(first.union(self.always)) if self.always else sorted(first)
         return found
 
     def stats(self) -> dict:

@@ -238,6 +238,8 @@ def _compile(node, fields: dict) -> Callable[[dict], bool]:
             return any(m(i) for i in x) if isinstance(x, list) else m(x)
         return match
     if isinstance(node, sc.ConditionValueExpression):  # keywords: anywhere in the text fields
+        if isinstance(fields, _Recorder):
+            fields.used.update(KEYWORD_FIELDS)
         v = node.value
         m = _string(v, anywhere=True) if isinstance(v, st.SigmaString) else _value(v)
         return lambda e: any((x := e[f]) is not None and m(x) for f in KEYWORD_FIELDS)
@@ -277,25 +279,28 @@ def _merged(args, fields: dict) -> list[Callable]:
     return out
 
 
-def compile_rule(rule: SigmaRule, path: str, products=("linux",)) -> Rule:
-    """`products`: whose rules to take (the mapping is the same schema's, whatever the platform)."""
+def compile_rule(rule: SigmaRule, path: str, products=("linux",), fields: dict | None = None,
+                 category: str | None = None) -> Rule:
+    """`products`: whose rules to take (the mapping is the same schema's, whatever the platform);
+    `fields` and `category`: a rule whose fields a processing pipeline mapped already
+    (sensor.windows.sigma), and the category its events have here."""
     ls = rule.logsource
     if ls.product is not None and ls.product not in products:
         raise Unsupported(f"logsource product {ls.product!r}: this sensor runs on linux")
-    if ls.service is not None:
+    if fields is None and ls.service is not None:
         raise Unsupported(f"logsource service {ls.service!r}: reads log lines, not sensor events")
-    if ls.category not in FIELDS:
+    if fields is None and ls.category not in FIELDS:
         raise Unsupported(f"logsource category {ls.category!r} is not produced by this sensor")
     if len(rule.detection.parsed_condition) != 1:
         raise Unsupported("more than one condition")
     tree = rule.detection.parsed_condition[0].parse()
     used: set[str] = set()
-    fields = {k: v for k, v in FIELDS[ls.category].items()}
+    fields = dict(FIELDS[ls.category] if fields is None else fields)
     match = _compile(tree, _Recorder(fields, used))
     authors = rule.author if isinstance(rule.author, str) else ", ".join(rule.author or [])
     return Rule(id=str(rule.id), title=rule.title, description=(rule.description or "").strip(),
                 author=authors or "unknown", level=str(rule.level or "medium").lower().split(".")[-1],
-                category=ls.category, tags=[str(t) for t in rule.tags], references=list(rule.references or []),
+                category=category or ls.category, tags=[str(t) for t in rule.tags], references=list(rule.references or []),
                 path=path, match=match, paths=used, needs=needs(tree, fields, KEYWORD_FIELDS))
 
 
@@ -310,6 +315,7 @@ def _files(paths) -> list[Path]:
 
 
 class RuleSet:
+    category_of = staticmethod(category_of)  # which rules an event meets: a subclass may say otherwise
     def __init__(self, rules: list[Rule], reports: list[Report]):
         self.rules, self.reports = rules, reports
         self.skipped_invalid = 0
@@ -321,8 +327,9 @@ class RuleSet:
         self.index = {cat: Index(rs) for cat, rs in self.by_category.items()}
 
     @classmethod
-    def load(cls, paths, products=("linux",)) -> "RuleSet":
-        """Every rule of the files and directories given; a broken file is reported, not fatal."""
+    def load(cls, paths, products=("linux",), compile=compile_rule) -> "RuleSet":
+        """Every rule of the files and directories given; a broken file is reported, not fatal.
+        `compile`: compile_rule, or a platform's (sensor.windows.sigma) that maps fields first."""
         rules, reports = [], []
         for path in _files(paths):
             try:
@@ -346,7 +353,7 @@ class RuleSet:
                     reports.append(Report(str(path), rid, title, "unsupported", f"{type(item).__name__} (correlation)"))
                     continue
                 try:
-                    rules.append(compile_rule(item, str(path), products))
+                    rules.append(compile(item, str(path), products))
                     reports.append(Report(str(path), rid, title, "ok"))
                 except (Unsupported, SigmaError) as exc:  # a SigmaError here: e.g. an undefined selection
                     reports.append(Report(str(path), rid, title, "unsupported", str(exc),
@@ -382,27 +389,29 @@ class RuleSet:
     def match(self, event: dict) -> list[Rule]:
         """The rules that match, in load order: only those whose literals the event holds
         (sensor.ruleindex) are evaluated; exactly the rules match_all finds."""
-        index = self.index.get(category_of(event))
+        index = self.index.get(self.category_of(event))
         if index is None:
             return []
         flat = Fields()  # each field read once, and only if needed
         flat.event = event
-        rules = index.rules
-        return _evaluate([rules[i] for i in index.candidates(event, flat)], flat)
+        rules, matchers = index.rules, index.matchers
+        return _evaluate([(rules[i], matchers[i]) for i in index.candidates(event, flat)], flat)
 
     def match_all(self, event: dict) -> list[Rule]:
         """The reference: every rule of the event's category evaluated in full."""
         cat = category_of(event)
         if cat is None:
             return []
-        return _evaluate(self.by_category.get(cat, ()), {p: get(event, p) for p in self.paths.get(cat, ())})
+        return _evaluate([(r, r.match) for r in self.by_category.get(cat, ())],
+                         {p: get(event, p) for p in self.paths.get(cat, ())})
 
 
 def _evaluate(rules, flat) -> list[Rule]:
+    """The rules whose matcher holds, of (rule, matcher) pairs."""
     hits = []
-    for r in rules:
+    for r, match in rules:
         try:
-            if r.match(flat):
+            if match(flat):
                 hits.append(r)
         except Exception as exc:  # a rule must never stop the sensor
             log.warning("rule %s failed on an event: %s", r.id, exc)
