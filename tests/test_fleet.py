@@ -163,3 +163,24 @@ def stream_ids(url: str) -> list[str]:
             await nc.close()
 
     return asyncio.run(read())
+
+
+def test_events_follow_prints_what_collectors_commit(tmp_path, nats, dsn, collectors):
+    collector = collectors(nats.url, dsn)
+    sink = NatsSink(BrokerOptions.parse(nats.url), tmp_path / "outbox")
+    first = produce(sink, 100)
+    wait_for(lambda: len(stored_ids(dsn)) >= 100, 60, 0.1, "the first events stored")
+    out = tmp_path / "follow.jsonl"
+    with open(out, "wb") as f:
+        follow = subprocess.Popen([sys.executable, "-m", "sensor", "events", "--postgres", dsn, "--follow",
+                                   "--where", "event.dataset=process"], stdout=f, cwd=ROOT)
+    try:
+        wait_for(lambda: out.read_bytes().count(b"\n") >= 100, 60, 0.1, "the stored events printed")
+        second = produce(sink, 100)
+        wait_for(lambda: out.read_bytes().count(b"\n") >= 200, 60, 0.1, "the new events printed")
+    finally:
+        follow.kill()
+        follow.wait(10)
+        sink.close(5)
+    assert [json.loads(line)["event"]["id"] for line in out.read_text().splitlines()] == first + second
+    assert collector.stop() == 0
