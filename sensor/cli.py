@@ -106,6 +106,13 @@ def _parser() -> argparse.ArgumentParser:
     inf = dsub.add_parser("info", help="summarize a trace directory")
     inf.add_argument("trace_dir", metavar="TRACE_DIR")
     inf.add_argument("--json", action="store_true")
+
+    hu = sub.add_parser("hunt", help="run Sigma rules over .evtx files or stored events (any OS)")
+    hu.add_argument("paths", nargs="+", metavar="PATH",
+                    help="an .evtx file, a folder searched for .evtx files, or a sensor data dir")
+    hu.add_argument("--rules", action="append", metavar="PATH|builtin",
+                    help="Sigma rule files or folders, comma-separated or repeated (default: builtin)")
+    hu.add_argument("--json", action="store_true", help="alerts as JSON lines, the summary as JSON on stderr")
     return p
 
 
@@ -127,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import dataset  # pyarrow: only for the commands that need it
 
             return dataset.run(args)
+        if args.command == "hunt":
+            from . import hunt
+
+            return hunt.run(args)
         return {"run": cmd_run, "events": cmd_events, "export": cmd_export, "doctor": cmd_doctor,
                 "trace": cmd_trace, "rules": cmd_rules, "quarantine": cmd_quarantine,
                 "trace-recover": cmd_trace_recover}[args.command](args)
@@ -293,7 +304,8 @@ def cmd_trace_recover(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    from .rules import RuleSet, alert
+    from .rules import alert
+    from .windows.sigma import WindowsRuleSet as RuleSet  # Linux rules as they are, Windows ones mapped
 
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:

@@ -12,6 +12,7 @@ import orjson
 from .winevent import WinEvent, from_evtx
 
 _CHUNK = re.compile(r"chunk number (\d+)")
+FILE_HEADER, CHUNK = 4096, 65536  # the file header block, then chunks of 64 KiB
 
 
 @dataclass
@@ -48,6 +49,7 @@ class EvtxFile:
             try:
                 rec = next(it)
             except StopIteration:
+                self._check_end()
                 return
             except (RuntimeError, OSError) as exc:  # the crate skips to the next chunk after this
                 msg = str(exc)
@@ -63,6 +65,19 @@ class EvtxFile:
                 continue
             self.records += 1
             yield ev._replace(record_id=rec.get("event_record_id", ev.record_id))
+
+
+    def _check_end(self):
+        """The crate stops silently before a last chunk the file ends inside: say so."""
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        partial = (size - FILE_HEADER) % CHUNK if size > FILE_HEADER else 0
+        if partial:
+            self.problems.append(Problem(str(self.path), (size - FILE_HEADER) // CHUNK,
+                                         f"cut short: the file ends {partial:,} bytes into this {CHUNK:,}-byte "
+                                         "chunk; its records are not read"))
 
 
 def _reason(exc: Exception) -> str:

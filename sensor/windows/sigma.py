@@ -1,0 +1,207 @@
+"""SigmaHQ's Windows rules on this sensor's events: a pySigma processing pipeline maps Sysmon and
+Security field names to the schema (the names pysigma-pipeline-sysmon and -windows use; our own
+mapping), and WindowsRuleSet evaluates them next to the Linux rules through the same engine."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sigma.processing.conditions import ExcludeFieldCondition, IncludeFieldCondition, LogsourceCondition
+from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
+from sigma.processing.transformations import (AddConditionTransformation, AddFieldnamePrefixTransformation,
+                                              FieldMappingTransformation)
+from sigma import conditions as sc
+from sigma import types as st
+from sigma.rule import SigmaDetection, SigmaRule
+
+from ..rules import RuleSet, Unsupported, category_of, compile_rule
+from .providers import load
+
+_ACTOR = {"Image": "process.executable", "CommandLine": "process.command_line", "User": "user.name",
+          "ProcessId": "process.pid", "ParentImage": "process.parent.executable",
+          "ParentCommandLine": "process.parent.command_line"}
+_NET = {"DestinationIp": "destination.ip", "DestinationPort": "destination.port", "SourceIp": "source.ip",
+        "SourcePort": "source.port", "DestinationHostname": "destination.domain", "Protocol": "network.transport"}
+_REGISTRY = {**_ACTOR, "TargetObject": "registry.path", "Details": "registry.data.strings"}
+# Sigma category -> (Sigma field -> schema path, the record kinds in etw/ whose raw fields it may read)
+CATEGORIES = {
+    "process_creation": ({**_ACTOR, "CurrentDirectory": "process.working_directory",
+                          "OriginalFileName": "process.pe.original_file_name", "Description": "process.pe.description",
+                          "Product": "process.pe.product", "Company": "process.pe.company",
+                          "ParentProcessId": "process.parent.pid"}, "process_start"),
+    "file_event": ({**_ACTOR, "TargetFilename": "file.path"}, "file"),
+    "file_delete": ({**_ACTOR, "TargetFilename": "file.path"}, "file"),
+    "file_rename": ({**_ACTOR, "TargetFilename": "file.path", "SourceFilename": "file.original.path"}, "file"),
+    "network_connection": ({**_ACTOR, **_NET}, "network"),
+    "dns_query": ({**_ACTOR, "QueryName": "dns.question.name"}, "dns"),
+    "registry_event": (_REGISTRY, "registry"), "registry_add": (_REGISTRY, "registry"),
+    "registry_delete": (_REGISTRY, "registry"), "registry_set": (_REGISTRY, "registry"),
+}
+# the registry categories are one category of events here, told apart by what was done
+REGISTRY_ACTIONS = {"registry_add": ["create-key"], "registry_delete": ["delete-key", "delete-value"],
+                    "registry_set": ["set-value"]}
+# Sigma service -> the Event Log channels its rules read (SigmaHQ's Windows logsource table)
+SERVICES = {
+    "security": ["Security"], "system": ["System"], "application": ["Application"],
+    "sysmon": ["Microsoft-Windows-Sysmon/Operational"], "powershell": ["Microsoft-Windows-PowerShell/Operational"],
+    "powershell-classic": ["Windows PowerShell"], "taskscheduler": ["Microsoft-Windows-TaskScheduler/Operational"],
+    "wmi": ["Microsoft-Windows-WMI-Activity/Operational"], "dns-server": ["DNS Server"],
+    "dns-client": ["Microsoft-Windows-DNS Client Events/Operational"], "ntlm": ["Microsoft-Windows-NTLM/Operational"],
+    "windefend": ["Microsoft-Windows-Windows Defender/Operational"],
+    "firewall-as": ["Microsoft-Windows-Windows Firewall With Advanced Security/Firewall"],
+    "bits-client": ["Microsoft-Windows-Bits-Client/Operational"],
+    "codeintegrity-operational": ["Microsoft-Windows-CodeIntegrity/Operational"],
+    "appxdeployment-server": ["Microsoft-Windows-AppXDeploymentServer/Operational"],
+    "msexchange-management": ["MSExchange Management"], "shell-core": ["Microsoft-Windows-Shell-Core/Operational"],
+    "terminalservices-localsessionmanager": ["Microsoft-Windows-TerminalServices-LocalSessionManager/Operational"],
+    "applocker": ["Microsoft-Windows-AppLocker/EXE and DLL", "Microsoft-Windows-AppLocker/MSI and Script",
+                  "Microsoft-Windows-AppLocker/Packaged app-Deployment", "Microsoft-Windows-AppLocker/Packaged app-Execution"],
+    "security-mitigations": ["Microsoft-Windows-Security-Mitigations/Kernel Mode",
+                             "Microsoft-Windows-Security-Mitigations/User Mode"],
+}
+_WINLOG = {"EventID": "winlog.event_id", "Provider_Name": "winlog.provider_name", "Channel": "winlog.channel",
+           "Computer": "winlog.computer_name"}
+EVENT_DATA = "winlog.event_data."
+
+
+def _raw_fields(record: str) -> set[str]:
+    """The Event Log field names of every etw/ event that becomes `record` (Sysmon, Security)."""
+    return {f for p in load().values() if p.source == "eventlog" for e in p.events.values()
+            if e.record == record for f in e.fields}
+
+
+def pipeline() -> ProcessingPipeline:
+    """Category rules: Sysmon names to the schema, the names with no schema home to the record's
+    own field (winlog.event_data.*, which `sensor hunt` keeps); service rules: everything to winlog.*."""
+    items = []
+    for cat, (mapping, record) in CATEGORIES.items():
+        def when(cat=cat):  # a condition object belongs to one item
+            return [LogsourceCondition(category=cat, product="windows")]
+        items.append(ProcessingItem(FieldMappingTransformation(mapping), rule_conditions=when(),
+                                    identifier=f"sensor_{cat}"))
+        raw = sorted(_raw_fields(record) - set(mapping) - {"Initiated"})  # Initiated: read from network.direction
+        items.append(ProcessingItem(AddFieldnamePrefixTransformation(EVENT_DATA), rule_conditions=when(),
+                                    field_name_conditions=[IncludeFieldCondition(raw)], identifier=f"sensor_{cat}_raw"))
+        if cat in REGISTRY_ACTIONS:
+            items.append(ProcessingItem(AddConditionTransformation({"event.action": REGISTRY_ACTIONS[cat]}),
+                                        rule_conditions=when(), identifier=f"sensor_{cat}_action"))
+    for service, channels in SERVICES.items():
+        def when(service=service):
+            return [LogsourceCondition(service=service, product="windows")]
+        items.append(ProcessingItem(FieldMappingTransformation(_WINLOG), rule_conditions=when(),
+                                    identifier=f"sensor_{service}"))
+        items.append(ProcessingItem(AddFieldnamePrefixTransformation(EVENT_DATA), rule_conditions=when(),
+                                    field_name_conditions=[ExcludeFieldCondition([r"winlog\..*"], "re")],
+                                    identifier=f"sensor_{service}_raw"))
+        items.append(ProcessingItem(AddConditionTransformation({"winlog.channel": channels}), rule_conditions=when(),
+                                    identifier=f"sensor_{service}_channel"))
+    return ProcessingPipeline(name="sensor: Sysmon and Security fields to the sensor's schema", priority=20,
+                              items=items)
+
+
+_PIPELINE = pipeline()
+
+
+def _fields(detection) -> set[str]:
+    out = set()
+    for item in detection.detection_items:
+        if isinstance(item, SigmaDetection):
+            out |= _fields(item)
+        elif item.field is not None:
+            out.add(item.field)
+    return out
+
+
+def compile_windows(rule: SigmaRule, path: str, products=("linux", "windows")):
+    """A Windows rule through the pipeline, then the engine's compiler; others as they are."""
+    ls = rule.logsource
+    if ls.product != "windows":
+        return compile_rule(rule, path, products)
+    if ls.category is not None:
+        if ls.category not in CATEGORIES:
+            raise Unsupported(f"logsource category {ls.category!r}: no Windows event of this sensor has it")
+        category = "registry" if ls.category.startswith("registry_") else ls.category
+    elif ls.service in SERVICES:
+        category = f"winlog:{ls.service}"  # one index per service: an event meets its channel's rules only
+    else:
+        raise Unsupported(f"logsource service {ls.service!r}: no channel of it is known here")
+    _PIPELINE.apply(rule)
+    names = set().union(*(_fields(d) for d in rule.detection.detections.values()))
+    known = {f for f in names if f.startswith(("winlog.", "event.")) or f in _SCHEMA or f == "Initiated"}
+    if names - known:
+        raise Unsupported(f"field {sorted(names - known)[0]!r}: no Windows event of this sensor carries it")
+    fields = {f: "network.direction" if f == "Initiated" else f for f in known}
+    compiled = compile_rule(rule, path, products, fields=fields, category=category)
+    if category.startswith("winlog:"):  # indexed by event id too, where the condition fixes it
+        ids = _event_ids(rule.detection.parsed_condition[0].parse())
+        compiled.category += ":" + (",".join(map(str, sorted(ids))) if ids else "*")
+    return compiled
+
+
+def _event_ids(node) -> set[int] | None:
+    """The EventIDs one of which every match has, or None when the condition does not fix them."""
+    if isinstance(node, sc.ConditionAND):
+        found = [x for a in node.args if (x := _event_ids(a)) is not None]
+        return set.intersection(*found) if found else None
+    if isinstance(node, sc.ConditionOR):
+        kids = [_event_ids(a) for a in node.args]
+        return None if any(k is None for k in kids) else set().union(*kids)
+    if isinstance(node, sc.ConditionFieldEqualsValueExpression) and node.field == "winlog.event_id" \
+            and isinstance(node.value, st.SigmaNumber):
+        return {int(node.value.number)}
+    return None
+
+
+_SCHEMA = {path for mapping, _ in CATEGORIES.values() for path in mapping.values()}
+
+
+class WindowsRuleSet(RuleSet):
+    """Linux and Windows rules; service rules (Security, System, ... log records) are evaluated on
+    every event that came from such a record (it has `winlog`), besides its category's rules."""
+
+    def __init__(self, rules, reports):
+        super().__init__([r for r in rules if not r.category.startswith("winlog:")], reports)
+        service = [r for r in rules if r.category.startswith("winlog:")]
+        # winlog:SERVICE:ID,ID... -> one copy per id (sharing the matcher); winlog:SERVICE:* as it is
+        by_id = [replace(r, category=f"{r.category.rsplit(':', 1)[0]}:{i}") for r in service
+                 if not r.category.endswith(":*") for i in r.category.rsplit(":", 1)[1].split(",")]
+        self.winlog = _Winlog(by_id, [])
+        self.winlog_any = _WinlogAny([r for r in service if r.category.endswith(":*")], [])
+        self.rules = rules
+
+    @staticmethod
+    def category_of(event: dict) -> str | None:
+        if event.get("event", {}).get("dataset") == "registry":
+            return "registry"
+        return category_of(event)
+
+    @classmethod
+    def load(cls, paths, products=("linux", "windows"), compile=compile_windows) -> "WindowsRuleSet":
+        return super().load(paths, products, compile)
+
+    def match(self, event: dict) -> list:
+        hits = super().match(event)
+        if "winlog" in event:
+            hits += self.winlog.match(event) + self.winlog_any.match(event)
+        return hits
+
+
+_SERVICE_OF = {channel.lower(): service for service, channels in SERVICES.items() for channel in channels}
+
+
+class _Winlog(RuleSet):
+    @staticmethod
+    def category_of(event: dict) -> str | None:
+        w = event["winlog"]
+        service = _SERVICE_OF.get((w.get("channel") or "").lower())
+        return f"winlog:{service}:{w.get('event_id')}" if service else None
+
+
+class _WinlogAny(RuleSet):
+    @staticmethod
+    def category_of(event: dict) -> str | None:
+        service = _SERVICE_OF.get((event["winlog"].get("channel") or "").lower())
+        return f"winlog:{service}:*" if service else None
+
+
+def load_rules(paths) -> WindowsRuleSet:
+    return WindowsRuleSet.load(paths)
