@@ -15,7 +15,10 @@ import pytest
 from sensor.processes import ProcessTable
 from sensor.windows.host import RecordedHost
 
-pytestmark = pytest.mark.windows_live
+# needs a live Windows kernel, elevated: runs in .github/workflows/windows.yml (pytest -m windows_live)
+pytestmark = [pytest.mark.windows_live,
+              pytest.mark.skipif(sys.platform != "win32", reason="live ETW/Event Log test: needs Windows "
+                                 "(runs in .github/workflows/windows.yml)")]
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
