@@ -7,6 +7,8 @@ VPY := $(VENV)/bin/python
 # fleet's servers (nats-server, postgresql: tests start their own instances, never the system's).
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv procps util-linux gcc libc6-dev dbus-daemon iproute2 \
 	nats-server postgresql
+# packages: rpmbuild (rpm), wixl and msiinfo (wixl, msitools), systemd-analyze (systemd)
+APT_PACKAGES += rpm wixl msitools systemd
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/ppc64le/powerpc/' \
@@ -17,7 +19,7 @@ BPF_HDR := $(wildcard bpf/*.h bpf/lib/*.h bpf/activity/*.c)
 VMLINUX := build/vmlinux.h
 BPF_CFLAGS := -O2 -g -Wall -target bpf -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf
 
-.PHONY: run install test deps bpf venv bench bench-tools clean mounts
+.PHONY: run install test deps bpf venv bench bench-tools clean mounts package
 
 run: install mounts
 	$(VENV)/bin/sensor run $(ARGS)
@@ -48,6 +50,10 @@ build/mintrace: bench/mintrace/mintrace.c bench/mintrace/mintrace.bpf.c $(VMLINU
 	clang $(BPF_CFLAGS) -c bench/mintrace/mintrace.bpf.c -o build/mintrace.bpf.o
 	bpftool gen skeleton build/mintrace.bpf.o > build/mintrace.skel.h
 	gcc -O2 -Ibuild -o $@ bench/mintrace/mintrace.c -lbpf -lelf -lz
+
+# The wheel, .deb, .rpm and .msi into dist/ (docs/packages.md says what each installs where).
+package: install
+	$(VPY) packaging/build.py --out dist
 
 # Debian packages, installed only when one is missing.
 deps:
