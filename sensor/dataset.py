@@ -61,6 +61,7 @@ class Run:
     split: str = ""
     outputs: list[dict] = field(default_factory=list)
     state: str = COMPLETE  # or recording, cut short: see tracerecover
+    torn_lines: int = 0  # of processes.jsonl, skipped: a last line a kill cut short
 
     @property
     def parquet(self):
@@ -213,11 +214,14 @@ def export(trace_dirs, fmt: str, out, *, train=0.7, validation=0.15, test=0.15, 
         warnings = _check_splits(runs, fmt, shares, allow_incomplete) + _path_words(fmt, out)
     out.mkdir(parents=True, exist_ok=True)
     extra = {"parquet": _tabular, "csv": _tabular, "adfa": _adfa, "lidds": _lidds}[fmt](runs, out, fmt)
+    warnings += [f"{r.path}/processes.jsonl: its torn last line was skipped (the trace was killed; "
+                 "`sensor trace recover` cuts it)" for r in runs if r.torn_lines]
     manifest = {
         "format": fmt, "sensor_version": __version__, "seed": seed, "proportions": shares,
         "runs": [{"source": str(r.path), "label": r.meta.get("label"), "split": r.split,
                   "captured": r.meta.get("captured"), "lost": r.meta.get("lost"),
-                  "sha256": sha256(r.parquet), "outputs": r.outputs} for r in runs],
+                  "sha256": sha256(r.parquet), "outputs": r.outputs,
+                  **({"torn_lines": r.torn_lines} if r.torn_lines else {})} for r in runs],
         "skipped": skipped, "warnings": warnings, **(extra or {}),
     }
     (out / manifest_path(fmt)).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
@@ -325,11 +329,20 @@ def _lidds_value(v) -> str:
 
 
 def _uids(run: Run) -> dict[int, int]:
+    """pid -> user id from processes.jsonl; a last line a kill cut short is skipped and counted."""
     uids = {}
     procs = run.path / "processes.jsonl"
     if procs.exists():
-        for line in procs.read_bytes().splitlines():
-            e = orjson.loads(line)
+        data = procs.read_bytes()
+        lines = data.splitlines()
+        for n, line in enumerate(lines, 1):
+            try:
+                e = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                if n == len(lines) and not data.endswith(b"\n"):
+                    run.torn_lines += 1
+                    continue
+                raise DatasetError(f"{procs}:{n}: invalid JSON: {exc}") from None
             p = e.get("process", {})
             uid = (p.get("user") or {}).get("id") or (e.get("user") or {}).get("id")
             if uid is not None:

@@ -301,3 +301,30 @@ def test_adfa_warns_of_attack_folder_in_its_path(traces, tmp_path):
 def test_not_a_trace_dir(tmp_path):
     r = sensor("dataset", "export", str(tmp_path), "--format", "adfa", "-o", str(tmp_path / "o"))
     assert r.returncode == 2 and "not a trace directory" in r.stderr
+
+
+def test_export_skips_a_torn_last_line_of_processes(tmp_path):
+    """A killed trace can end processes.jsonl mid-line: read as it is, that line is skipped and
+    counted; the user ids of the whole lines still reach LID-DS's .sc lines."""
+    src = tmp_path / "nobody"
+    r = sensor("trace", "-o", str(src), "--label", "normal", "--",
+               "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/true")
+    assert r.returncode == 0, r.stderr
+    procs = src / "processes.jsonl"
+    with open(procs, "ab") as f:
+        f.write(b'{"event":{"kind":"event","category":["proc')
+    out = tmp_path / "out"
+    r = sensor("dataset", "export", str(src), "--format", "lidds", "-o", str(out), "--allow-incomplete")
+    assert r.returncode == 0, r.stderr
+    assert "processes.jsonl: its torn last line was skipped" in r.stderr
+    manifest = json.loads((out / "test" / "manifest.json").read_text())
+    assert manifest["runs"][0]["torn_lines"] == 1
+    (z,) = out.rglob("*.zip")
+    with zipfile.ZipFile(z) as f:
+        lines = f.read(f"{z.stem}.sc").decode().splitlines()
+    assert lines and {ln.split(" ")[1] for ln in lines} == {"65534"}  # the exec after setpriv
+
+    # a line that is not JSON before the last one is damage, not a kill: named, not skipped
+    procs.write_bytes(b"{\n" + procs.read_bytes() + b"\n")
+    r = sensor("dataset", "export", str(src), "--format", "lidds", "-o", str(tmp_path / "o2"), "--allow-incomplete")
+    assert r.returncode == 2 and f"{procs}:1: invalid JSON" in r.stderr and "Traceback" not in r.stderr
