@@ -128,7 +128,7 @@ def recover(trace_dir) -> dict:
         segs = Segments(parquet)
     except FileNotFoundError:
         raise RecoverError(f"{trace_dir}: no syscalls.parquet") from None
-    if segs.template is None:
+    if segs.footers.template is None:
         raise RecoverError(f"{parquet}: no whole segment to recover (not written by this sensor version?)")
     enc = Encoder(bool(meta.get("options", {}).get("args")), meta.get("boot_offset_ns") or 0)
     parked = _parked(trace_dir, segs.cursor, enc.dtype)

@@ -14,6 +14,7 @@ import pytest
 
 from sensor import syscalls
 from conftest import ROOT, wait_for
+from parquet_readers import assert_duckdb_reads_as_pyarrow
 
 KNOWN = str(Path(__file__).parent / "programs" / "known.py")
 STORM_C = ROOT / "bench" / "getppid.c"
@@ -216,6 +217,7 @@ def test_large_trace_streams_in_row_groups(tmp_path, storm):
     assert f.metadata.num_row_groups >= 2
     _, meta = load(out)
     assert f.metadata.num_rows == meta["captured"] >= 1200000 - meta["lost"]
+    assert_duckdb_reads_as_pyarrow(out / "syscalls.parquet")  # segments joined by one footer
 
 
 def test_parked_records_are_all_written_in_order(tmp_path, storm):

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, wait_for
+from parquet_readers import assert_duckdb_reads_as_pyarrow
 from sensor.dataset import load_run
 
 COUNTSTORM_C = Path(__file__).parent / "programs" / "countstorm.c"
@@ -129,6 +130,7 @@ def test_sigkill_mid_storm_keeps_a_prefix(tmp_path, countstorm, park):
         assert after[tid][:len(counters)] == counters
     if park == "always":
         assert meta["recovered"]["parked_rows"] > 0
+    assert_duckdb_reads_as_pyarrow(out / "syscalls.parquet")
     assert all(line.endswith("}") for line in (out / "processes.jsonl").read_text().splitlines())
 
     # again: nothing changes
