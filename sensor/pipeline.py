@@ -77,6 +77,7 @@ class Pipeline:
             self.notifier = load_notifiers(cfg["notifiers"])
         self.store = Store(cfg["data_dir"], **cfg.section("store"))
         self.sinks = [self.store.write]
+        self.housekeeping: list = []  # called once a loop, between batches (e.g. a SIGHUP's reload)
         self.csv = None
         unknown = set(_items(cfg["sink"])) - {"store", "csv", "nats"}
         if unknown:
@@ -258,6 +259,8 @@ class Pipeline:
                 if timers:
                     next_timers = now + poll
                 window_n += self._drain(timers)
+                for task in self.housekeeping:
+                    task()
                 if now - window_start >= poll:
                     busy = window_n >= BUSY_RECORDS_PER_S * (now - window_start)
                     window_start, window_n = now, 0

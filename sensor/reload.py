@@ -5,9 +5,11 @@ is followed too. The new set is loaded completely before it replaces the old one
 reference, so a bad edit leaves the running rules in place and says why. Everything else (sources,
 store, ring buffers) keeps running: changing those takes a restart.
 
-The reload runs inside the signal handler. Python runs handlers in the main thread between two
-bytecodes, so the pipeline sees either the old or the new set, never half of one; a SIGHUP that
-arrives during a reload makes it run once more when it ends, with what is on disk by then."""
+The handler only raises a flag (a handler runs between any two bytecodes of the main thread: one
+that loaded rules and logged there could meet the logging or import locks half taken, as stopping
+once deadlocked in Event.set); the pipeline's loop reloads at its next turn, within poll_interval,
+between two batches of events, so they see either the old or the new set. SIGHUPs that arrive
+meanwhile make one reload, of what is on disk by then."""
 from __future__ import annotations
 
 import logging
@@ -24,24 +26,21 @@ class Reloader:
         self.pipeline = pipeline
         self.resolve = resolve
         self.reloads = self.failures = 0
-        self._busy = self._again = False
+        self._pending = False
 
     def install(self, signum: int = signal.SIGHUP):
         signal.signal(signum, self._handler)
+        self.pipeline.housekeeping.append(self.poll)
         return self
 
     def _handler(self, signum, frame):
-        if self._busy:  # nested in a reload under way: run once more after it
-            self._again = True
-            return
-        self._busy = True
-        try:
-            self._again = True
-            while self._again:
-                self._again = False
-                self.reload()
-        finally:
-            self._busy = False
+        self._pending = True
+
+    def poll(self):
+        """Called by the pipeline's loop: reloads if a SIGHUP came since the last call."""
+        if self._pending:
+            self._pending = False
+            self.reload()
 
     def reload(self) -> bool:
         p = self.pipeline
