@@ -107,6 +107,10 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("trace_dir", metavar="TRACE_DIR")
     inf.add_argument("--json", action="store_true")
 
+    from .learn import command as learn  # argparse only: numpy and scikit-learn load when used
+
+    learn.add_arguments(sub)
+
     hu = sub.add_parser("hunt", help="run Sigma rules over .evtx files or stored events (any OS)")
     hu.add_argument("paths", nargs="+", metavar="PATH",
                     help="an .evtx file, a folder searched for .evtx files, or a sensor data dir")
@@ -134,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import dataset  # pyarrow: only for the commands that need it
 
             return dataset.run(args)
+        if args.command in ("model", "features"):
+            from .learn import command as learn
+
+            return learn.run(args)
         if args.command == "hunt":
             from . import hunt
 

@@ -1,0 +1,81 @@
+"""`sensor model train|score` and `sensor features`: the command-line side of sensor.learn."""
+from __future__ import annotations
+
+import sys
+
+import orjson
+
+from ..errors import SensorError
+
+TABLES = ("x86_64", "i386")  # syscall tables of ADFA-LD traces (sensor/data)
+
+
+def add_arguments(sub) -> None:
+    mo = sub.add_parser("model", help="train anomaly detectors on normal runs and score runs with them")
+    msub = mo.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    tr = msub.add_parser("train", help="learn from the normal runs under DIR... (attack runs are not learnt)")
+    tr.add_argument("paths", nargs="+", metavar="DIR", help="trace directories, ADFA-LD or LID-DS 2021 folders")
+    tr.add_argument("-o", "--output", required=True, metavar="MODEL", help="model file to write (JSON)")
+    tr.add_argument("--method", default="stide", choices=("stide", "ngram-freq", "iforest"))
+    tr.add_argument("--n", type=int, help="calls per window (stide 6, ngram-freq 3)")
+    tr.add_argument("--frame", type=int, help="windows per locality frame (stide 20, ngram-freq 10)")
+    tr.add_argument("--quantile", type=float, default=0.99,
+                    help="threshold: this quantile of held-out normal process scores (0.99)")
+    sc = msub.add_parser("score", help="score each run and process under DIR...: higher is more anomalous")
+    sc.add_argument("model", metavar="MODEL")
+    sc.add_argument("paths", nargs="+", metavar="DIR")
+    sc.add_argument("--json", action="store_true", help="one JSON object per run")
+    sc.add_argument("--top", type=int, default=10, help="processes listed per run (10)")
+    for p in (tr, sc):
+        p.add_argument("--syscall-table", choices=TABLES,
+                       help="numbers of ADFA-LD traces (default: the export's manifest, else i386)")
+
+
+def run(args) -> int:
+    if args.command == "model" and args.model_command == "train":
+        return _train(args)
+    if args.command == "model":
+        return _score(args)
+    raise SensorError(f"unknown command {args.command}")
+
+
+def _train(args) -> int:
+    from . import modelfile, models, runs as runs_mod
+
+    if not 0 < args.quantile <= 1:
+        raise SensorError(f"--quantile {args.quantile}: between 0 (excluded) and 1")
+    try:
+        params = models.check_params(args.method, args.n, args.frame)
+    except ValueError as exc:
+        raise SensorError(str(exc)) from None
+    found = runs_mod.read(args.paths, args.syscall_table)
+    doc = modelfile.train(found, args.method, params, args.quantile)
+    modelfile.save(doc, args.output)
+    n = len(doc["training"])
+    print(f"sensor model: {args.method} {doc['params']} trained on {n} normal runs "
+          f"({sum(t['processes'] for t in doc['training'])} processes; {len(found) - n} other runs not learnt); "
+          f"threshold {doc['threshold']:.4g} ({doc['threshold_rule']}) -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _score(args) -> int:
+    from . import modelfile, runs as runs_mod
+
+    doc, model = modelfile.load(args.model)
+    found = runs_mod.read(args.paths, args.syscall_table)
+    results = modelfile.score(doc, model, found, args.top)
+    out = sys.stdout
+    for r in results:
+        if args.json:
+            out.write(orjson.dumps(r).decode() + "\n")
+            continue
+        flag = "ANOMALOUS" if r["anomalous"] else "normal"
+        out.write(f"{r['score']:.4f}  {flag:<9}  {r['label']:<20}  {r['source']}\n")
+        for p in r["processes"][:3]:
+            why = "; ".join(" ".join(t["sequence"]) if "sequence" in t else f"{t['feature']}={t['value']:.4g}"
+                            for t in p["top"][:2])
+            out.write(f"    {p['score']:.4f}  {p['name']}[{p['process']}]  {why}\n")
+    flagged = sum(r["anomalous"] for r in results)
+    print(f"sensor model: {len(results)} runs scored with {doc['method']}, {flagged} above the threshold "
+          f"{doc['threshold']:.4g}", file=sys.stderr)
+    return 0
