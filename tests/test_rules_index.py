@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from pathlib import Path
 
 import psutil
 import pytest
@@ -11,8 +12,8 @@ import yaml
 
 from sensor.ruleindex import ANY, ASCII_FOLDS, END, EXACT, NONASCII, START, Fields
 from sensor.rules import BUILTIN, RuleSet
-from conftest import ROOT
 
+ROOT = Path(__file__).resolve().parent.parent
 SIGMA = ROOT.parent / "shared" / "sigma" / "rules"
 needs_sigma = pytest.mark.skipif(not SIGMA.is_dir(), reason=f"SigmaHQ test rules not found at {SIGMA}")
 
