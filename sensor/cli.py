@@ -103,6 +103,8 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--seed", type=int, default=0, help="seed of the split (0)")
     ex.add_argument("--allow-incomplete", action="store_true",
                     help="adfa/lidds: write even when a normal split gets no run (warns)")
+    ex.add_argument("--syscall-table", choices=("x86_64", "i386"),
+                    help="adfa: numbers of this table, mapped by name (i386: ADFA-LD's own; default x86_64)")
     inf = dsub.add_parser("info", help="summarize a trace directory")
     inf.add_argument("trace_dir", metavar="TRACE_DIR")
     inf.add_argument("--json", action="store_true")

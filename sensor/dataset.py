@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from . import __version__
+from . import __version__, syscalls
 from .errors import SensorError
 from .filehash import sha256_file
 from .tracerecover import COMPLETE, RECORDING, open_unsealed, sealed, state
@@ -197,9 +197,12 @@ def _path_words(fmt: str, out: Path) -> list[str]:
 
 
 def export(trace_dirs, fmt: str, out, *, train=0.7, validation=0.15, test=0.15, seed=0,
-           allow_incomplete=False) -> dict:
+           allow_incomplete=False, syscall_table=None) -> dict:
     if fmt not in FORMATS:
         raise DatasetError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if syscall_table not in (None, "x86_64", "i386") or (syscall_table and fmt != "adfa"):
+        raise DatasetError(f"--syscall-table {syscall_table}: x86_64 or i386, and only with --format adfa "
+                           "(the other formats keep names)")
     runs = [load_run(p) for p in trace_dirs]
     if not runs:
         raise DatasetError("no trace directories given")
@@ -213,7 +216,8 @@ def export(trace_dirs, fmt: str, out, *, train=0.7, validation=0.15, test=0.15, 
         runs = [r for r in runs if r.kind != "other"]
         warnings = _check_splits(runs, fmt, shares, allow_incomplete) + _path_words(fmt, out)
     out.mkdir(parents=True, exist_ok=True)
-    extra = {"parquet": _tabular, "csv": _tabular, "adfa": _adfa, "lidds": _lidds}[fmt](runs, out, fmt)
+    extra = (_adfa(runs, out, fmt, syscall_table) if fmt == "adfa" else
+             {"parquet": _tabular, "csv": _tabular, "lidds": _lidds}[fmt](runs, out, fmt))
     warnings += [f"{r.path}/processes.jsonl: its torn last line was skipped (the trace was killed; "
                  "`sensor trace recover` cuts it)" for r in runs if r.torn_lines]
     manifest = {
@@ -285,8 +289,17 @@ def _processes(run: Run) -> int:
     return pc.count_distinct(pq.read_table(run.parquet, columns=["pid"])["pid"]).as_py()
 
 
-def _adfa(runs: list[Run], out: Path, fmt: str) -> dict:
-    """ADFA-LD: one file per process trace, one line of space-separated syscall numbers."""
+def _adfa(runs: list[Run], out: Path, fmt: str, table: str | None = None) -> dict:
+    """ADFA-LD: one file per process trace, one line of space-separated syscall numbers.
+
+    With table i386 our x86_64 calls are written with ADFA-LD's own numbers, mapped by name
+    (sensor/i386.py); a call i386 lacks is left out and counted under `unmapped` in the manifest.
+    """
+    from .i386 import to_i386
+
+    mapping = to_i386() if table == "i386" else None
+    names = syscalls.table("x86_64")
+    unmapped: Counter[str] = Counter()
     dirs = ADFA_FOLDERS
     for d in set(dirs.values()):
         (out / d).mkdir(parents=True, exist_ok=True)
@@ -316,10 +329,14 @@ def _adfa(runs: list[Run], out: Path, fmt: str) -> dict:
                 else:
                     n = counters["validation"] + counters["test"]
                     path = out / dirs[split] / f"UVD-{n:0{width[dirs[split]]}d}.txt"
+                if mapping is not None:
+                    unmapped.update(names.get(nr, f"syscall_{nr}") for nr in nrs if mapping.get(nr) is None)
+                    nrs = [mapping[nr] for nr in nrs if mapping.get(nr) is not None]
                 path.write_text(" ".join(map(str, nrs)) + " \n")
                 _record(r, out, path, pid=pid, syscalls=len(nrs))
     # DataLoaderADFALD(OUT, attack, val_count, val_train_add) with these finds our split
-    return {"loader": {"val_count": counters["validation"], "val_train_add": 0}}
+    return {"loader": {"val_count": counters["validation"], "val_train_add": 0},
+            "syscall_table": table or "x86_64", **({"unmapped": dict(unmapped)} if mapping is not None else {})}
 
 
 def _lidds_value(v) -> str:
@@ -414,7 +431,8 @@ def run(args) -> int:
         print(json.dumps(d, indent=2) if args.json else format_info(d))
         return 0
     m = export(args.trace_dirs, args.format, args.output, train=args.train, validation=args.validation,
-               test=args.test, seed=args.seed, allow_incomplete=args.allow_incomplete)
+               test=args.test, seed=args.seed, allow_incomplete=args.allow_incomplete,
+               syscall_table=getattr(args, "syscall_table", None))
     for w in m["warnings"]:
         print(f"sensor: warning: {w}", file=sys.stderr)
     n = sum(len(r["outputs"]) for r in m["runs"])

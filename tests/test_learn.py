@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -79,3 +81,41 @@ def test_bad_input_is_one_line(runs, tmp_path):
         r = sensor(*args)
         assert r.returncode == 2 and want in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
     assert not (tmp_path / "m.json").exists()
+
+
+def unistd_32() -> dict[str, int]:
+    """The i386 numbers as the system's own kernel headers define them."""
+    text = Path("/usr/include/x86_64-linux-gnu/asm/unistd_32.h").read_text()
+    return {name: int(nr) for name, nr in re.findall(r"#define __NR_(\w+)\s+(\d+)", text)}
+
+
+def test_adfa_i386_and_lidds_exports_train_and_score_as_the_traces(runs, tmp_path):
+    normal = [str(runs[f"normal{i}"]) for i in range(TRAIN)]
+    attacks = [str(runs[k]) for k in ("revshell", "download", "preload")]
+    adfa, lidds = tmp_path / "adfa", tmp_path / "lidds"
+    r = sensor("dataset", "export", *normal, *attacks, "--format", "adfa", "--syscall-table", "i386",
+               "-o", str(adfa), "--train", "1", "--validation", "0", "--test", "0", "--allow-incomplete")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((adfa / "manifest.json").read_text())
+    assert manifest["syscall_table"] == "i386" and isinstance(manifest["unmapped"], dict)
+    # every trace starts with its execve: i386's 11, by the system's own header
+    first = sorted((adfa / "Training_Data_Master").iterdir())[0].read_text().split()
+    assert int(first[0]) == unistd_32()["execve"] == 11
+    assert "Training_Data_Master" in {p.name for p in adfa.iterdir()}
+    r = sensor("dataset", "export", *normal, *attacks, "--format", "lidds", "-o", str(lidds))
+    assert r.returncode == 0, r.stderr
+    # a model learnt from the ADFA-LD export (i386 numbers, read back by name) is the traces' model
+    from_traces, from_adfa = tmp_path / "t.json", tmp_path / "a.json"
+    for model, src in ((from_traces, normal), (from_adfa, [str(adfa)])):
+        r = sensor("model", "train", *src, "-o", str(model))
+        assert r.returncode == 0, r.stderr
+    windows = [{tuple(w) for w in json.loads(m.read_text())["state"]["windows"]} for m in (from_traces, from_adfa)]
+    if not manifest["unmapped"]:
+        assert windows[0] == windows[1] and windows[0]
+    # and the LID-DS recordings of the attacks score as their trace directories do
+    by_trace = scores(from_traces, attacks)
+    by_zip = scores(from_traces, sorted((lidds / "test" / "normal_and_attack").glob("*.zip")))
+    assert sorted(round(r["score"], 9) for r in by_trace.values()) == sorted(round(r["score"], 9) for r in by_zip.values())
+    assert {r["label"] for r in by_zip.values()} == {"attack:reverse_shell", "attack:download_run", "attack:ld_preload"}
+    r = sensor("dataset", "export", *normal, "--format", "lidds", "--syscall-table", "i386", "-o", str(tmp_path / "x"))
+    assert r.returncode == 2 and "only with --format adfa" in r.stderr

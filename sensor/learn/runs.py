@@ -159,6 +159,7 @@ def _lidds(path: Path) -> Run:
                     if p is None:
                         p = procs[cols[2]] = Process(cols[2], cols[3])
                         times[cols[2]] = []
+                    p.name = cols[3]  # the latest: an exec changes it
                     p.calls.append(cols[5])
                     times[cols[2]].append(int(cols[0]))
     except zipfile.BadZipFile as exc:
