@@ -1,0 +1,1 @@
+"""`sensor dashboard`: the web panel over the local store (DuckDB) or the fleet's PostgreSQL."""
