@@ -44,14 +44,6 @@ def _parser() -> argparse.ArgumentParser:
 
     collect.add_arguments(sub.add_parser("collect", help="drain the fleet's JetStream stream into PostgreSQL"))
 
-    from . import query
-    from .dashboard import options as dashboard_options
-
-    query.add_arguments(sub.add_parser("query", help="SQL over the local store (DuckDB `events` view)"),
-                        config.OPTIONS["data_dir"][1])
-    dashboard_options.add_arguments(sub.add_parser("dashboard", help="the web panel: alerts, responses, hosts"),
-                                    config.OPTIONS["data_dir"][1])
-
     xp = sub.add_parser("export", help="convert stored events (e.g. into the original per-collector CSVs)")
     xp.add_argument("--data-dir", default=config.OPTIONS["data_dir"][1])
     xp.add_argument("--format", choices=["csv"], default="csv")
@@ -152,14 +144,6 @@ def main(argv: list[str] | None = None) -> int:
             from .learn import command as learn
 
             return learn.run(args)
-        if args.command == "query":
-            from .query import cmd_query
-
-            return cmd_query(args)
-        if args.command == "dashboard":
-            from .dashboard.server import run as run_dashboard
-
-            return run_dashboard(args)
         if args.command == "hunt":
             from . import hunt
 
@@ -330,13 +314,16 @@ def cmd_trace_recover(args) -> int:
 
 
 def cmd_rules(args) -> int:
-    from .rules import alert
-    from .windows.sigma import WindowsRuleSet as RuleSet  # Linux rules as they are, Windows ones mapped
+    from .rules import RuleSet, alert
+    from .windows.sigma import WindowsRuleSet
+
+    # `check` loads Windows rules too (sensor hunt runs them); `test` runs what `sensor run` would
+    loader = WindowsRuleSet if args.rules_command == "check" else RuleSet
 
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         raise SensorError(f"no such rule file or directory: {', '.join(missing)}")
-    rules = RuleSet.load(args.paths)
+    rules = loader.load(args.paths)
     if args.rules_command == "check":
         for r in rules.reports:
             if args.json:
