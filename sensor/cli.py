@@ -44,6 +44,14 @@ def _parser() -> argparse.ArgumentParser:
 
     collect.add_arguments(sub.add_parser("collect", help="drain the fleet's JetStream stream into PostgreSQL"))
 
+    from . import query
+    from .dashboard import options as dashboard_options
+
+    query.add_arguments(sub.add_parser("query", help="SQL over the local store (DuckDB `events` view)"),
+                        config.OPTIONS["data_dir"][1])
+    dashboard_options.add_arguments(sub.add_parser("dashboard", help="the web panel: alerts, responses, hosts"),
+                                    config.OPTIONS["data_dir"][1])
+
     xp = sub.add_parser("export", help="convert stored events (e.g. into the original per-collector CSVs)")
     xp.add_argument("--data-dir", default=config.OPTIONS["data_dir"][1])
     xp.add_argument("--format", choices=["csv"], default="csv")
@@ -144,6 +152,14 @@ def main(argv: list[str] | None = None) -> int:
             from .learn import command as learn
 
             return learn.run(args)
+        if args.command == "query":
+            from .query import cmd_query
+
+            return cmd_query(args)
+        if args.command == "dashboard":
+            from .dashboard.server import run as run_dashboard
+
+            return run_dashboard(args)
         if args.command == "hunt":
             from . import hunt
 

@@ -26,7 +26,16 @@ def add_arguments(sub) -> None:
     sc.add_argument("paths", nargs="+", metavar="DIR")
     sc.add_argument("--json", action="store_true", help="one JSON object per run")
     sc.add_argument("--top", type=int, default=10, help="processes listed per run (10)")
-    for p in (tr, sc):
+    fe = sub.add_parser("features", help="per-process or per-window feature tables of runs, and which columns tell")
+    fe.add_argument("paths", nargs="+", metavar="DIR", help="trace directories, ADFA-LD or LID-DS 2021 folders")
+    fe.add_argument("-o", "--output", metavar="OUT.parquet", help="write the table here (Parquet)")
+    fe.add_argument("--per", choices=("process", "window"), default="process")
+    fe.add_argument("--window", type=float, default=1.0, metavar="SECONDS", help="--per window: its length (1)")
+    fe.add_argument("--ngram", type=int, default=1, help="n of the ngram.* count columns (1: each call)")
+    fe.add_argument("--report", action="store_true", help="variance, mutual information with the labels, "
+                    "redundant pairs")
+    fe.add_argument("--json", action="store_true", help="the report as JSON")
+    for p in (tr, sc, fe):
         p.add_argument("--syscall-table", choices=TABLES,
                        help="numbers of ADFA-LD traces (default: the export's manifest, else i386)")
 
@@ -36,6 +45,8 @@ def run(args) -> int:
         return _train(args)
     if args.command == "model":
         return _score(args)
+    if args.command == "features":
+        return _features(args)
     raise SensorError(f"unknown command {args.command}")
 
 
@@ -79,3 +90,40 @@ def _score(args) -> int:
     print(f"sensor model: {len(results)} runs scored with {doc['method']}, {flagged} above the threshold "
           f"{doc['threshold']:.4g}", file=sys.stderr)
     return 0
+
+
+def _features(args) -> int:
+    import pyarrow.parquet as pq
+
+    from . import features, runs as runs_mod
+
+    if args.window <= 0 or not 1 <= args.ngram <= 6:
+        raise SensorError(f"--window {args.window} / --ngram {args.ngram}: a window > 0 s, n from 1 to 6")
+    if not args.output and not args.report:
+        raise SensorError("nothing to do: give -o OUT.parquet, --report, or both")
+    found = runs_mod.read(args.paths, args.syscall_table)
+    rows = (features.per_process(found, args.ngram) if args.per == "process"
+            else features.per_window(found, args.window))
+    if args.output:
+        pq.write_table(features.table(rows), args.output, compression="zstd")
+        print(f"sensor features: {len(rows)} rows ({args.per}) of {len(found)} runs -> {args.output}",
+              file=sys.stderr)
+    if args.report:
+        rep = features.report(rows)
+        if args.json:
+            print(orjson.dumps(rep).decode())
+        else:
+            print(_format_report(rep))
+    return 0
+
+
+def _format_report(rep: dict) -> str:
+    lines = [f"{rep['rows']} rows, {rep['columns']} feature columns, {len(rep['constant'])} constant"]
+    lines.append("mutual information with normal/attack (nats; 0 = tells nothing):")
+    mi = rep["mutual_information"]
+    lines += [f"  {v:8.4f}  {c}" for c, v in mi.items()] if mi else ["  (one label only: nothing to tell apart)"]
+    lines.append("highest variance:")
+    lines += [f"  {v:12.4g}  {c}" for c, v in rep["variance"].items()]
+    lines.append(f"redundant pairs (|r| >= {rep['redundant_threshold']}): {len(rep['redundant_pairs'])}")
+    lines += [f"  {r:+.3f}  {a} ~ {b}" for a, b, r in rep["redundant_pairs"][:20]]
+    return "\n".join(lines)

@@ -147,7 +147,13 @@ METHODS = {m.method: m for m in (Stide, NgramFreq)}
 
 def check_params(method: str, n: int | None, frame: int | None) -> dict:
     """The method's parameters, defaults filled in; bad values are a ValueError naming the flag."""
-    params = dict(METHODS[method].defaults) if method in METHODS else {}
+    if method == "iforest":
+        from .forest import IForest
+
+        if n is not None or frame is not None:
+            raise ValueError("--n and --frame are for stide and ngram-freq; iforest learns from features")
+        return dict(IForest.defaults)
+    params = dict(METHODS[method].defaults)
     if n is not None:
         if not 1 <= n <= ngrams.MAX_N:
             raise ValueError(f"--n {n}: windows hold 1 to {ngrams.MAX_N} calls")
