@@ -88,6 +88,11 @@ def load(path):
         raise ModelError(f"{path}: not a model file written by `sensor model train`")
     if doc.get("version", 0) > VERSION:
         raise ModelError(f"{path}: model format version {doc['version']} is newer than this sensor reads ({VERSION})")
+    return load_doc(doc, path)
+
+
+def load_doc(doc: dict, path="model"):
+    """(the document, the fitted model) from a model's document."""
     try:
         return doc, make(doc["method"], doc["params"]).load(doc["state"])
     except (KeyError, TypeError, ValueError) as exc:
