@@ -173,11 +173,7 @@ class Collector:
         nc = await connect(self.opts, "sensor-collect", callbacks={"error": lambda exc: None})
         try:
             js = nc.jetstream()
-            try:
-                await ensure_stream(js, self.opts)
-                sub = await self._subscribe(js)
-            except Exception as exc:
-                raise BrokerError(f"stream {STREAM}: {describe(exc)}") from None
+            sub = await self._stream(js)
             if ready is not None:
                 ready()
             deadline = time.monotonic() + duration if duration else None
@@ -196,6 +192,21 @@ class Collector:
             except Exception:
                 pass
             self.writer.close()
+
+    async def _stream(self, js, patience: float = 30.0):
+        """The stream and consumer, created if missing; a cluster just started may still be
+        electing its JetStream leader (requests time out meanwhile): wait for it, up to `patience`."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                await ensure_stream(js, self.opts)
+                return await self._subscribe(js)
+            except Exception as exc:
+                if time.monotonic() >= deadline or type(exc).__name__ not in (
+                        "TimeoutError", "ServiceUnavailableError", "NoRespondersError"):
+                    raise BrokerError(f"stream {STREAM}: {describe(exc)}") from None
+                log.info("nats: JetStream not ready (%s), waiting", describe(exc))
+                await asyncio.sleep(0.5)
 
     async def _subscribe(self, js):
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
