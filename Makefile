@@ -9,6 +9,9 @@ APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool make python3-venv procps u
 	nats-server postgresql
 # packages: rpmbuild (rpm), wixl and msiinfo (wixl, msitools), systemd-analyze (systemd)
 APT_PACKAGES += rpm wixl msitools systemd
+# the panel's browser tests: Debian's chromium and its driver (selenium is pointed at both; nothing
+# downloads a browser)
+APT_PACKAGES += chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 ARCH := $(shell uname -m | sed -e 's/x86_64/x86/' -e 's/aarch64/arm64/' -e 's/ppc64le/powerpc/' \
