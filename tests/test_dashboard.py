@@ -19,6 +19,7 @@ import yaml
 
 from conftest import Sensor, wait_for
 from dashboardfixtures import Panel, chrome, console_errors  # noqa: F401  (fixture)
+from fleetservers import postgres  # noqa: F401  (fixture)
 
 RULE_ID = "5f0c7d4e-3b1a-4c2d-9e8f-0a1b2c3d4e5f"
 XSS = ("<script>window.__pwned = 1</script>", '"><img src=x onerror="window.__pwned = 2">')
@@ -249,3 +250,45 @@ def test_live_page_shows_a_new_alert_without_reload(scene, chrome):
     assert "Dropper Writes Its Payload" in row.text and "second-run" in row.text
     assert chrome.execute_script("return window.__same_page === true")  # no reload happened
     shot(chrome, "live")
+
+
+def test_same_pages_over_the_fleets_postgres(scene, chrome, postgres):
+    """The store's events stored by the collector's own writer into a real PostgreSQL: the panel
+    with --postgres shows the same alert, response, tree and host, and keeps states there."""
+    import orjson
+
+    from fleetservers import query
+    from sensor.fleet.collect import Writer, decode
+    from sensor.store import read_events
+
+    name = f"p_{uuid.uuid4().hex[:10]}"
+    postgres.query(f"CREATE DATABASE {name}")
+    dsn = postgres.dsn.rsplit("/", 1)[0] + f"/{name}"
+    writer = Writer(dsn)
+    rows, docs = [], []
+    for ev in read_events(scene.sensor.data_dir):
+        row, doc = decode(orjson.dumps(ev))
+        rows.append(row)
+        docs.append(doc)
+    writer.write(rows, docs)
+    writer.close()
+    panel = Panel(scene.tmp / "panel-pg.log", "--postgres", dsn)
+    try:
+        open_page(chrome, panel, "/?range=24h", "loaded")
+        assert chrome.find_element("id", "n-killed").text == str(len(scene.procs))
+        chrome.get(f"{panel.base}/alerts?q={scene.marker}&technique=T1059&severity=high&sort=time&dir=asc")
+        rows = chrome.find_elements("css selector", "tr.alert")
+        assert len(rows) == len(scene.procs) and all("killed" in r.text for r in rows)
+        rows[0].find_element("css selector", "a").click()
+        assert f"killed {scene.first.pid}" in chrome.find_element("css selector", "#responses tr.response").text
+        assert "exit 137" in chrome.find_element("css selector", "#tree li.alert").text
+        assert [n for n in chrome.find_elements("css selector", "#tree li.descendant") if "exit 3" in n.text]
+        chrome.find_element("css selector", "#state-form textarea").send_keys("fleet note")
+        chrome.find_element("id", "resolve").click()
+        wait_for(lambda: chrome.find_element("id", "state").text.startswith("resolved"), 10, 0.1, "the state")
+        assert query(dsn, "SELECT state, note FROM panel_alert_states") == [("resolved", "fleet note")]
+        chrome.get(f"{panel.base}/hosts")
+        assert [r.get_attribute("data-id") for r in chrome.find_elements("css selector", "tr.host")] == \
+            [open("/etc/machine-id").read().strip()]
+    finally:
+        panel.stop()
