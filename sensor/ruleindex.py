@@ -234,7 +234,9 @@ class _FieldScan:
             return self.every
         if self.auto is None:
             return self.none
-        found = [i for i, _, _ in self.auto.find_matches_as_indexes(BEGIN + v.lower() + FINISH, overlapping=True)]
+        found = {i for i, _, _ in self.auto.find_matches_as_indexes(BEGIN + v.lower() + FINISH, overlapping=True)}
+        if len(found) < 2:  # most values hold no literal, or one: no union to build
+            return tuple(keys[i] for keys in self.keys for i in found) if found else self.none
         return tuple(frozenset().union(*map(keys.__getitem__, found)) for keys in self.keys)
 
     def value(self, v) -> tuple:
