@@ -97,10 +97,6 @@ class LocalBackend:
         return out
 
     def process_tree(self, alert: dict) -> list:
-        doc = alert["doc"]
-        root = (doc.get("process") or {}).get("entity_id")
-        if not root:
-            return []
         c = self.index.cursor()
 
         def parents(ids):
@@ -119,9 +115,10 @@ class LocalBackend:
             mine = sorted(s for s in segs if s)
             return self.events_of(self.index.segment_files(self._between(mine[0], mine[-1])) if mine else [], ids)
 
-        nodes = tree.build(root, parents, children, details, doc.get("process"))
-        c.close()
-        return nodes
+        try:
+            return tree.around(alert["doc"], parents, children, details)
+        finally:
+            c.close()
 
     def _between(self, first: str, last: str) -> list[str]:
         rows = self.index.cursor().execute("SELECT stem FROM segs WHERE stem BETWEEN ? AND ? ORDER BY stem LIMIT 32",
@@ -170,16 +167,9 @@ class LocalBackend:
 
 def host_row(host_id: str, doc: dict, first, last) -> dict:
     """A hosts-page row from the host's latest sensor.health event."""
-    from ..fleet.collect import health_summary
-
-    h = (doc.get("sensor") or {}).get("health") or {}
     host = doc.get("host") or {}
     os_ = host.get("os") or {}
-    sources = h.get("sources") or {}
-    s = health_summary(h)
-    return {"id": host_id, "name": host.get("name") or host_id, "os": " ".join(filter(None, (os_.get("family") or os_.get("type"),
-                                                                                      os_.get("kernel")))),
-            "version": (doc.get("agent") or {}).get("version") or "", "first_seen": first, "last_seen": last,
-            "health_at": doc.get("@timestamp"), "sources": sorted(sources),
-            "enforcement": (sources.get("process") or {}).get("enforcement") or "",
-            "lost": s["lost"], "queue": s["queue"], "cpu_percent": s["cpu_percent"], "rss_bytes": s["rss_bytes"]}
+    return queries.host_row(host_id, host.get("name"), " ".join(filter(None, (os_.get("family") or os_.get("type"),
+                                                                              os_.get("kernel")))),
+                            (doc.get("agent") or {}).get("version"), first, last, doc.get("@timestamp"),
+                            (doc.get("sensor") or {}).get("health") or {})

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import orjson
 
-from ..fleet.collect import health_summary, pg_connect
+from ..fleet.collect import pg_connect
 from ..fleet.pgschema import migrate
 from . import queries, tree
 
@@ -72,23 +72,11 @@ class PostgresBackend:
     def hosts(self) -> list[dict]:
         rows = self.run("SELECT id, name, os, kernel, version, first_seen, last_seen, health_at, health::text "
                         "FROM hosts ORDER BY name, id", [])
-        out = []
-        for host_id, name, os_, kernel, version, first, last, health_at, health in rows:
-            h = orjson.loads(health) if health else {}
-            sources = h.get("sources") or {}
-            s = health_summary(h)
-            out.append({"id": host_id, "name": name or host_id, "os": " ".join(filter(None, (os_, kernel))),
-                        "version": version or "", "first_seen": first, "last_seen": last, "health_at": health_at,
-                        "sources": sorted(sources), "enforcement": (sources.get("process") or {}).get("enforcement") or "",
-                        "lost": s["lost"], "queue": s["queue"], "cpu_percent": s["cpu_percent"],
-                        "rss_bytes": s["rss_bytes"]})
-        return out
+        return [queries.host_row(host_id, name, " ".join(filter(None, (os_, kernel))), version, first, last, health_at,
+                                 orjson.loads(health) if health else {})
+                for host_id, name, os_, kernel, version, first, last, health_at, health in rows]
 
     def process_tree(self, alert: dict) -> list:
-        doc = alert["doc"]
-        root = (doc.get("process") or {}).get("entity_id")
-        if not root:
-            return []
         # children start after the alert's process did: bound the scan of process events by it
         since = alert["ts"] - timedelta(days=1)
         lifecycle = "dataset IN ('process', 'host.processes')"
@@ -107,7 +95,7 @@ class PostgresBackend:
             rows = self.run("SELECT doc::text FROM events WHERE process_entity = ANY(%s) ORDER BY ts LIMIT 5000", [ids])
             return [orjson.loads(r[0]) for r in rows]
 
-        return tree.build(root, parents, children, details, doc.get("process"))
+        return tree.around(alert["doc"], parents, children, details)
 
     def trigger(self, alert: dict) -> dict | None:
         trig = ((alert["doc"].get("sensor") or {}).get("trigger") or {}).get("id")

@@ -286,3 +286,15 @@ def alert_row(run, d: Dialect, alert_id: str) -> dict | None:
     out["responses"] = [{"ts": ts, "action": a, "result": res, "dry_run": dry, "doc": orjson.loads(doc)}
                         for ts, a, res, dry, doc in resp]
     return out
+
+
+def host_row(host_id: str, name, os_: str, version, first, last, health_at, health: dict) -> dict:
+    """A hosts-page row: identity, when seen, and what its latest sensor.health says."""
+    from ..fleet.collect import health_summary
+
+    sources = health.get("sources") or {}
+    s = health_summary(health)
+    return {"id": host_id, "name": name or host_id, "os": os_, "version": version or "", "first_seen": first,
+            "last_seen": last, "health_at": health_at, "sources": sorted(sources),
+            "enforcement": (sources.get("process") or {}).get("enforcement") or "",
+            "lost": s["lost"], "queue": s["queue"], "cpu_percent": s["cpu_percent"], "rss_bytes": s["rss_bytes"]}

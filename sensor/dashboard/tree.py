@@ -29,6 +29,12 @@ class Node:
     role: str = "descendant"  # ancestor, alert, descendant
 
 
+def around(alert: dict, parents, children, details) -> list[Node]:
+    """The tree of an alert's process, or [] when the alert names none."""
+    process = alert.get("process") or {}
+    return build(process["entity_id"], parents, children, details, process) if process.get("entity_id") else []
+
+
 def build(root: str, parents, children, details, alert_process: dict | None = None) -> list[Node]:
     """Nodes from the oldest ancestor down, each with `children` filled; the backend gives
     parents(ids) -> {id: parent id}, children(ids) -> [(id, parent id)], details(ids) -> [event]."""
