@@ -40,6 +40,7 @@ bench: install mounts bench-tools
 	$(VPY) bench/rules.py
 	$(VPY) bench/respond.py
 	$(VPY) bench/activity.py
+	$(VPY) bench/dashboard.py
 
 # Tools the benchmarks compare against, and the minimal C tracer (built here, never shipped).
 bench-tools: build/mintrace
