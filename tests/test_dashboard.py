@@ -121,6 +121,7 @@ def open_page(driver, panel, path: str, ready: str):
 
 def shot(driver, name):
     if SHOTS:
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
 
 
