@@ -22,15 +22,23 @@ BPF_HDR := $(wildcard bpf/*.h bpf/lib/*.h bpf/activity/*.c)
 VMLINUX := build/vmlinux.h
 BPF_CFLAGS := -O2 -g -Wall -target bpf -D__TARGET_ARCH_$(ARCH) -Ibuild -Ibpf
 
-.PHONY: run install test deps bpf venv bench bench-tools clean mounts package
+.PHONY: run install test deps bpf venv bench bench-tools clean mounts package azurite
 
 run: install mounts
 	$(VENV)/bin/sensor run $(ARGS)
 
 install: deps bpf venv
 
-test: install mounts
+test: install mounts azurite
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Azurite, the Azure Blob emulator the upload tests start (tests/test_azure_upload.py), from npm
+# into build/node, pinned, installed only when missing
+AZURITE := build/node/node_modules/.bin/azurite-blob
+azurite: $(AZURITE)
+
+$(AZURITE):
+	npm install --no-audit --no-fund --loglevel=error --prefix build/node azurite@3.35.0
 
 BENCH_TOOLS := strace linux-perf bpftrace libelf-dev zlib1g-dev inotify-tools auditd
 

@@ -209,6 +209,10 @@ def cmd_run(args) -> int:
     lost = sum(s["lost_kernel"] + s["lost_user"] for s in h["sources"].values())
     print(f"sensor: stopped; {pipeline.store.written:,} events stored, {lost:,} lost in the sensor,"
           f" {pipeline.store.dropped:,} not stored", file=sys.stderr)
+    if pipeline.uploader is not None:
+        u = pipeline.uploader.stats()
+        print(f"sensor: upload: {u['uploaded']:,} files uploaded, {u['pending']:,} wait for the next start,"
+              f" {u['failed']:,} attempts failed, {u['deleted_unuploaded']:,} deleted before upload", file=sys.stderr)
     return 0
 
 

@@ -75,7 +75,11 @@ class Pipeline:
             from .notify import load as load_notifiers
 
             self.notifier = load_notifiers(cfg["notifiers"])
-        self.store = Store(cfg["data_dir"], **cfg.section("store"))
+        from .fleet.azure_upload import uploader_from_config
+
+        self.uploader = uploader_from_config(cfg, self.host.id)
+        hooks = {"on_closed": self.uploader.closed, "on_delete": self.uploader.deleting} if self.uploader else {}
+        self.store = Store(cfg["data_dir"], **cfg.section("store"), **hooks)
         self.sinks = [self.store.write]
         self.housekeeping: list = []  # called once a loop, between batches (e.g. a SIGHUP's reload)
         self.csv = None
@@ -184,6 +188,7 @@ class Pipeline:
             "rss_bytes": self._proc.memory_info().rss,
             **({"notify": dict(self.notifier.stats)} if self.notifier is not None else {}),
             **({"nats": self.nats.stats()} if self.nats is not None else {}),
+            **({"upload": self.uploader.stats()} if self.uploader is not None else {}),
             **({"hashes": dict(self.hasher.stats)} if self.hasher is not None else {}),
             **({"rules": self.rules.stats()} if self.rules is not None else {}),
         }
@@ -198,6 +203,8 @@ class Pipeline:
     def start(self):
         if self.notifier is not None:
             self.notifier.start()
+        if self.uploader is not None:
+            self.uploader.start()
         self.table.seed()
         started = []
         try:
@@ -219,6 +226,8 @@ class Pipeline:
             for s in started:
                 s.close()
             self.store.close()
+            if self.uploader is not None:
+                self.uploader.close(0)
             raise
         return self
 
@@ -298,3 +307,5 @@ class Pipeline:
         for s in self.sources:
             s.close()
         self.store.close()
+        if self.uploader is not None:
+            self.uploader.close()  # after the store's and CSVs' last files closed, so they go too

@@ -101,8 +101,12 @@ class Store:
     """Buffers events, appends them to the open segment, rotates, compresses and prunes."""
 
     def __init__(self, data_dir, *, segment_bytes=64 << 20, segment_seconds=3600.0,
-                 retention_bytes=1 << 30, flush_interval=1.0, pending_bytes=64 << 20):
+                 retention_bytes=1 << 30, flush_interval=1.0, pending_bytes=64 << 20,
+                 on_closed=None, on_delete=None):
         self.data_dir = Path(data_dir)
+        # on_closed(path): a segment was closed and compressed; on_delete(path): retention is
+        # about to delete one (an uploader counts it when it was not uploaded yet)
+        self.on_closed, self.on_delete = on_closed, on_delete
         self.events_dir = self.data_dir / "events"
         try:
             _private_dir(self.data_dir)
@@ -268,11 +272,13 @@ class Store:
 
     def _compress(self, path: Path) -> bool:
         try:
-            compress(path)
-            return True
+            target = compress(path)
         except OSError as exc:
             self._error(exc, "compress", path, "the plain segment is kept and retried at the next rotation")
             return False
+        if self.on_closed is not None:
+            self.on_closed(target)
+        return True
 
     def _recover(self):
         """Compresses closed plain segments: a killed run's (minus a torn last line) or a full disk's."""
@@ -307,6 +313,8 @@ class Store:
         for p, size in closed:
             if total <= self.retention_bytes:
                 break
+            if self.on_delete is not None:
+                self.on_delete(p)
             p.unlink(missing_ok=True)
             total -= size
 
