@@ -13,7 +13,7 @@ from ..store import _stem
 
 log = logging.getLogger("sensor.dashboard")
 
-VERSION = 1  # bump when a table below changes: the index is then built again from the segments
+VERSION = 2  # bump when a table below changes: the index is then built again from the segments
 # The panel's tables have the fleet's column names (sensor/fleet/pgschema.py), so one SQL serves both.
 TABLES = {
     "alerts": "id VARCHAR, ts TIMESTAMPTZ, host_id VARCHAR, rule_id VARCHAR, rule_name VARCHAR, "
@@ -25,7 +25,8 @@ TABLES = {
     # process starts, snapshots and exits: enough to walk a tree; details come from the segments
     "lineage": "ts TIMESTAMPTZ, host_id VARCHAR, entity_id VARCHAR, parent_entity_id VARCHAR, "
                "action VARCHAR, seg VARCHAR",
-    "segs": "stem VARCHAR PRIMARY KEY, file VARCHAR, size BIGINT, mtime DOUBLE",
+    # indexed: bytes of a plain (open) segment read so far, up to its last whole line
+    "segs": "stem VARCHAR PRIMARY KEY, file VARCHAR, size BIGINT, mtime DOUBLE, indexed BIGINT",
 }
 
 
@@ -79,7 +80,7 @@ class LocalIndex:
 
     def _refresh(self) -> int:
         c = self.con
-        known = {stem: (file, size, mtime) for stem, file, size, mtime in c.execute("SELECT * FROM segs").fetchall()}
+        known = {r[0]: r[1:] for r in c.execute("SELECT stem, file, size, mtime, indexed FROM segs").fetchall()}
         now: dict[str, tuple] = {}
         for f in segment_files(self.data_dir):
             try:
@@ -88,25 +89,56 @@ class LocalIndex:
                 continue
             now[_stem(Path(f).name)] = (f, st.st_size, st.st_mtime)
         gone = [s for s in known if s not in now]
-        changed = [s for s, v in now.items() if known.get(s) != v]
+        changed = [s for s, v in now.items() if known.get(s, ())[:3] != v]
         if not gone and not changed:
             return 0
         c.execute("BEGIN")
         try:
-            for stem in gone + changed:
-                for name in TABLES:
-                    c.execute(f"DELETE FROM {name} WHERE {'stem' if name == 'segs' else 'seg'} = ?", [stem])
             read = 0
-            for stem in sorted(changed):
-                file, size, mtime = now[stem]
-                if self._index_segment(stem, file):
-                    c.execute("INSERT INTO segs VALUES (?, ?, ?, ?)", [stem, file, size, mtime])
+            for stem in sorted(gone + changed):
+                old = known.get(stem)
+                file = now[stem][0] if stem in now else None
+                # the open segment grows: only its new whole lines are read
+                grown = old is not None and file == old[0] and not file.endswith(".zst")
+                if not grown:
+                    for name in TABLES:
+                        c.execute(f"DELETE FROM {name} WHERE {'stem' if name == 'segs' else 'seg'} = ?", [stem])
+                if file is None:
+                    continue
+                _, size, mtime = now[stem]
+                if file.endswith(".zst"):
+                    ok, indexed = self._index_segment(stem, file), size
+                else:
+                    ok, indexed = self._index_tail(stem, file, old[3] if grown else 0)
+                if ok:
+                    c.execute("INSERT OR REPLACE INTO segs VALUES (?, ?, ?, ?, ?)", [stem, file, size, mtime, indexed])
                     read += 1
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
         return read
+
+    def _index_tail(self, stem: str, file: str, start: int) -> tuple[bool, int]:
+        """Indexes a plain segment's whole lines from byte `start` (a copy of them, so lines the
+        writer appends meanwhile wait for the next refresh); returns (ok, bytes indexed)."""
+        import tempfile
+
+        try:
+            with open(file, "rb") as f:
+                f.seek(start)
+                data = f.read()
+        except FileNotFoundError:  # compressed meanwhile: the next refresh indexes the .zst
+            return False, start
+        end = data.rfind(b"\n") + 1  # a last line still being written waits
+        if end == 0:
+            return True, start
+        tmpdir = self.data_dir / "panel" if self.path != ":memory:" else None
+        with tempfile.NamedTemporaryFile(suffix=".jsonl", dir=tmpdir) as tmp:
+            tmp.write(data[:end])
+            tmp.flush()
+            ok = self._index_segment(stem, tmp.name)
+        return ok, start + end if ok else start
 
     def _index_segment(self, stem: str, file: str) -> bool:
         import duckdb
