@@ -101,8 +101,10 @@ def _parser() -> argparse.ArgumentParser:
 
     ds = sub.add_parser("dataset", help="turn trace directories into datasets")
     dsub = ds.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
-    ex = dsub.add_parser("export", help="merge traces into one dataset")
-    ex.add_argument("trace_dirs", nargs="+", metavar="TRACE_DIR")
+    ex = dsub.add_parser("export", help="merge traces, or a data dir's stored events, into one dataset")
+    ex.add_argument("trace_dirs", nargs="*", metavar="TRACE_DIR")
+    ex.add_argument("--from-store", metavar="DATA_DIR",
+                    help="instead of traces: a `sensor run` data dir, one labelled table per dataset (parquet)")
     ex.add_argument("--format", required=True, choices=("parquet", "csv", "adfa", "lidds"))
     ex.add_argument("-o", "--output", required=True, metavar="OUT")
     ex.add_argument("--train", type=float, default=0.7, help="share of normal runs for training (0.7)")
@@ -120,6 +122,9 @@ def _parser() -> argparse.ArgumentParser:
     from .learn import command as learn  # argparse only: numpy and scikit-learn load when used
 
     learn.add_arguments(sub)
+    from .learn import labels
+
+    labels.add_arguments(sub, config.OPTIONS["data_dir"][1])
 
     hu = sub.add_parser("hunt", help="run Sigma rules over .evtx files or stored events (any OS)")
     hu.add_argument("paths", nargs="+", metavar="PATH",
@@ -152,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
             from .learn import command as learn
 
             return learn.run(args)
+        if args.command == "label":
+            from .learn import labels
+
+            return labels.run(args)
         if args.command == "query":
             from .query import cmd_query
 
@@ -189,6 +198,9 @@ def cmd_run(args) -> int:
     from .pipeline import Pipeline
 
     pipeline = Pipeline(cfg).start()
+    from .learn.labels import record_run
+
+    record_run(cfg)  # label and config, for `sensor dataset export --from-store`
     stop, _ = stop_on((signal.SIGTERM, signal.SIGINT))
     from .reload import Reloader  # SIGHUP (systemctl reload): rules and response policies
 

@@ -21,6 +21,7 @@ OPTIONS: dict[str, tuple] = {
     "batch_interval": (float, 0.005, "under load (over 1,500 records/s), read the kernel buffers at most this often (seconds): fewer wakeups, this much more latency at most"),
     "console": (str, "auto", "live summary on the terminal: auto (when a TTY), on, off"),
     "log_level": (str, "info", "debug, info, warning or error"),
+    "label": (str, None, "dataset label of this recording, on every stored event as labels.run: normal or attack:NAME (see `sensor label`, `sensor dataset export --from-store`)"),
     "store.segment_bytes": ("bytes", 64 << 20, "rotate a segment after this many bytes"),
     "store.segment_seconds": (float, 3600.0, "rotate a segment after this many seconds"),
     "store.retention_bytes": ("bytes", 1 << 30, "delete the oldest segments beyond this total"),
@@ -122,6 +123,11 @@ def _coerce(name: str, value):
         out = str(value)
     if name in CHOICES and out not in CHOICES[name]:
         raise ValueError(f"expected one of {', '.join(CHOICES[name])}, got {out!r}")
+    if name == "label":
+        from .learn.labels import LABEL
+
+        if not LABEL.fullmatch(out):
+            raise ValueError(f"expected normal or attack:NAME (NAME: letters, digits, . _ -), got {out!r}")
     if kind in ("bytes", int, float) and out < 0:
         raise ValueError(f"must not be negative, got {value!r}")
     return out

@@ -430,6 +430,17 @@ def run(args) -> int:
         d = info(args.trace_dir)
         print(json.dumps(d, indent=2) if args.json else format_info(d))
         return 0
+    if args.from_store or not args.trace_dirs:
+        if args.trace_dirs or not args.from_store:
+            raise DatasetError("give TRACE_DIRs or --from-store DATA_DIR, not both" if args.trace_dirs
+                               else "no trace directories given (or --from-store DATA_DIR)")
+        from .learn.store_export import export as export_store
+
+        m = export_store(args.from_store, args.format, args.output)
+        print(f"sensor dataset: {sum(t['rows'] for t in m['tables']):,} events of {args.from_store} -> "
+              f"{len(m['tables'])} tables in {args.output} ({', '.join(t['path'] for t in m['tables'])}); "
+              "manifest.json written")
+        return 0
     m = export(args.trace_dirs, args.format, args.output, train=args.train, validation=args.validation,
                test=args.test, seed=args.seed, allow_incomplete=args.allow_incomplete,
                syscall_table=getattr(args, "syscall_table", None))

@@ -56,7 +56,7 @@ class Pipeline:
     def __init__(self, cfg: Config, sources: list | None = None):
         self.cfg = cfg
         self.host = Host()
-        self.stamper = Stamper(self.host)
+        self.stamper = Stamper(self.host, label=cfg.get("label"))
         self.table = ProcessTable(self.host)
         self.policies = self.responder = None
         blocked = None

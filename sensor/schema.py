@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from . import __version__
 from .host import Host
 
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 ECS_VERSION = "8.11.0"
 
 _SURROGATE = re.compile("[\udc80-\udcff]")
@@ -85,8 +85,9 @@ class Stamper:
     with no state file: no sensor emits more than one event per nanosecond.
     """
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, label: str | None = None):
         self.host = host
+        self._labels = {"run": label} if label else None  # `sensor run --label`: on every event
         self._seq = itertools.count(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
         # shared by every event: sinks read events, never change them
         self._agent = {"type": "sensor", "version": __version__}
@@ -106,6 +107,8 @@ class Stamper:
         event["host"] = {**event["host"], **self.host.ecs} if "host" in event else self.host.ecs
         event["agent"] = self._agent
         event["ecs"] = self._ecs
+        if self._labels is not None:
+            event["labels"] = {**event["labels"], **self._labels} if "labels" in event else self._labels
         if "sensor" in event:
             event["sensor"]["schema"] = SCHEMA_VERSION
         else:
