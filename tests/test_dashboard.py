@@ -54,7 +54,10 @@ class Scene:
             "detection": {"sel": {"TargetFilename|endswith": ".drop", "TargetFilename|contains": self.marker[:14]},
                           "condition": "sel"}}))
         policy = tmp / "policy.yaml"
-        policy.write_text(yaml.safe_dump([{"match": {"rule.id": RULE_ID}, "action": "kill"}]))
+        self.blocked_tool = tmp / "blocked-tool"
+        shutil.copy("/usr/bin/true", self.blocked_tool)  # stopped in the kernel at its exec: "blocked"
+        policy.write_text(yaml.safe_dump([{"match": {"rule.id": RULE_ID}, "action": "kill"},
+                                          {"action": "block-exec", "executables": [str(self.blocked_tool)]}]))
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -98,6 +101,7 @@ def scene(tmp_path_factory):
     try:
         big = ["A" * (64 << 10)] * 16  # 1 MiB of argv (the kernel source keeps the first 8 KiB)
         s.first = s.attack(*XSS, *big)
+        assert subprocess.run([str(s.blocked_tool)]).returncode == -9
         wait_for(lambda: [e for e in s.sensor.events(event__dataset="response")], 20, 0.1, "the kill response")
         s.panel = Panel(s.tmp / "panel.log", "--data-dir", str(s.sensor.data_dir))
         yield s
@@ -143,8 +147,8 @@ def test_without_the_token_nothing_is_shown(scene, chrome):
 
 def test_overview_counts_the_killed_threat(scene, chrome):
     open_page(chrome, scene.panel, "/?range=24h", "loaded")
-    counts = {k: chrome.find_element("id", f"n-{k}").text for k in ("alerts", "killed", "alerted", "open")}
-    assert counts == {"alerts": "1", "killed": "1", "alerted": "0", "open": "1"}
+    counts = {k: chrome.find_element("id", f"n-{k}").text for k in ("alerts", "killed", "blocked", "alerted", "open")}
+    assert counts == {"alerts": "1", "killed": "1", "blocked": "1", "alerted": "0", "open": "1"}
     assert len(chrome.find_elements("css selector", "#health tr.health-row")) == 1
     assert int(chrome.find_elements("css selector", "#health tr.health-row td")[2].text) >= 0
     shot(chrome, "overview")
@@ -160,7 +164,8 @@ def test_list_filters_and_export(scene, chrome):
     shot(chrome, "alerts")
     for query, want in (("severity=high", 1), ("severity=low", 0), ("technique=T1059", 1), ("technique=T1003", 0),
                         (f"q={scene.marker}", 1), ("q=nothing-like-it", 0), ("state=open", 1),
-                        ("state=resolved", 0), (f"rule={RULE_ID}", 1), ("host=no-such-host", 0)):
+                        ("state=resolved", 0), (f"rule={RULE_ID}", 1), ("host=no-such-host", 0),
+                        ("range=1h", 1), ("from=2099-01-01T00:00", 0), ("to=2000-01-01T00:00", 0)):
         chrome.get(f"{base}/alerts?{query}")
         assert len(chrome.find_elements("css selector", "tr.alert")) == want, query
     chrome.get(f"{base}/alerts?severity=extreme")
