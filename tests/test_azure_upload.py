@@ -181,6 +181,9 @@ def test_sensor_restart_resumes_without_uploading_twice(tmp_path, azurite, start
     assert n2 == len(second) - len(first) >= 1  # only the second run's files
     for name, (_, _, etag, _) in first.items():
         assert second[name][2] == etag
+    health = [e["sensor"]["health"]["upload"] for e in s.events() if e["event"]["dataset"] == "sensor.health"]
+    assert health and all(h["failed"] == h["deleted_unuploaded"] == 0 for h in health)
+    assert "Request URL" not in s.stderr()  # the SDK's per-request logging stays quiet
 
 
 def test_retention_deleting_unuploaded_segments_is_counted(tmp_path, azurite):

@@ -55,6 +55,8 @@ class AzureUploader:
                  retry_max: float = 30.0, timeout: float = 60.0):
         from azure.storage.blob import BlobServiceClient
 
+        # the SDK logs every request's headers at INFO: the sensor's own lines say what matters
+        logging.getLogger("azure").setLevel(logging.WARNING)
         self.data_dir, self.host_id, self.container = Path(data_dir), host_id, container
         self.retry_max = retry_max
         try:  # retries are ours (with backoff, interruptible): the SDK's own would hold the thread
