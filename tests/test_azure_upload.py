@@ -2,13 +2,13 @@
 loopback port: names, sizes and MD5s; the service down then up; a sensor restart; retention."""
 from __future__ import annotations
 
-import base64
 import hashlib
+import os
 import re
 import signal
 import socket
 import subprocess
-from datetime import datetime, timezone
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +212,34 @@ def test_retention_deleting_unuploaded_segments_is_counted(tmp_path, azurite):
     assert not {b.rsplit("/", 1)[1] for b in blobs} & deleted
     assert up.stats()["uploaded"] + up.stats()["deleted_unuploaded"] == len(seen | left | {
         p.name for p in (data / "events").glob("*.zst")})
+
+
+def test_blob_uploaded_before_a_crash_is_recorded_not_sent_again(tmp_path, azurite):
+    data = tmp_path / "data"
+    up = uploader(azurite, data)
+    store = Store(data, segment_bytes=8 << 10, on_closed=up.closed, on_delete=up.deleting)
+    up.start()
+    write_events(store, 60)
+    store.close()
+    up.close(30)
+    first = assert_all_uploaded(azurite, data)
+    (data / "azure-uploaded").unlink()  # as if killed between the upload and its record
+    again = uploader(azurite, data).start()
+    wait_for(lambda: (data / "azure-uploaded").exists()
+             and len((data / "azure-uploaded").read_text().splitlines()) == len(first), 20, 0.05, "the records")
+    again.close(30)
+    assert again.stats() == {"uploaded": 0, "pending": 0, "failed": 0, "deleted_unuploaded": 0}
+    assert again.already_there == len(first)
+    assert {n: b[2] for n, b in assert_all_uploaded(azurite, data).items()} == {n: b[2] for n, b in first.items()}
+
+
+def test_upload_azure_without_a_connection_string_is_refused(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "AZURE_STORAGE_CONNECTION_STRING"}
+    r = subprocess.run([sys.executable, "-m", "sensor", "run", "--data-dir", str(tmp_path / "d"), "--console", "off",
+                        "--upload", "azure", "--duration", "1"], capture_output=True, text=True, env=env,
+                       cwd=ROOT, timeout=60)
+    assert r.returncode == 2
+    assert "upload azure: no connection string" in r.stderr and "AZURE_STORAGE_CONNECTION_STRING" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sensor", "run", "--data-dir", str(tmp_path / "d"), "--console", "off",
+                        "--upload", "s3", "--duration", "1"], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and "upload: unknown 's3' (use azure)" in r.stderr
