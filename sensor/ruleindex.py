@@ -297,9 +297,10 @@ class Index:
                     v = d.get(leaf) if isinstance(d, dict) else None
                 flat[path] = v
                 if v is not None:
-                    a, b = scan.text(v) if type(v) is str else scan.value(v)
-                    first |= a
-                    second |= b
+                    hit = scan.text(v) if type(v) is str else scan.value(v)
+                    if hit is not scan.none:  # most values hold no literal
+                        first |= hit[0]
+                        second |= hit[1]
         if not first:
             return self.always
         first = (first & self.single) | (first & second)
