@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import hunt
 
             return hunt.run(args)
+        if args.command == "collect":
+            from .fleet import collect
+
+            return collect.run(args)
         return {"run": cmd_run, "events": cmd_events, "export": cmd_export, "doctor": cmd_doctor,
                 "trace": cmd_trace, "rules": cmd_rules, "quarantine": cmd_quarantine,
                 "trace-recover": cmd_trace_recover}[args.command](args)
@@ -186,10 +190,6 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args) -> int:
     cfg = config.resolve(args)
     if args.backend:
-        if args.command == "collect":
-            from .fleet import collect
-
-            return collect.run(args)
         cfg["process.backend"] = args.backend
         cfg["files.backend"] = "watchdog" if args.backend == "psutil" else args.backend
         if args.backend == "psutil":
