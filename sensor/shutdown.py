@@ -26,8 +26,9 @@ def stop_on(signals: tuple[int, ...]) -> tuple[StopFlag, dict]:
     stop = StopFlag()
 
     def handler(signum, frame):
-        for s in signals:
-            signal.signal(s, signal.SIG_IGN)
-        stop.set()
+        # Only the flag: re-registering SIG_IGN here ran signal.signal()'s Python wrapper, where
+        # a flood of signals nested handlers deep enough to break it (seen in CI: a ValueError
+        # out of signal.py after 200 SIGINTs in a row). Later signals find the flag set.
+        stop._set = True
 
     return stop, {s: signal.signal(s, handler) for s in signals}
