@@ -117,7 +117,7 @@ def main():
                       for name, n, idx, dist, ref, hits in rows)
     update_section("rules", f"""## Rule engine
 
-Measured by bench/rules.py on {os.uname().nodename} ({os.cpu_count()} CPUs, shared with other work),
+Measured by bench/rules.py on {os.uname().nodename} ({os.cpu_count()} CPUs),
 {time.strftime('%Y-%m-%d')}: process_creation events built from this host's real command lines, most
 matching nothing; events per CPU second of one core. "distinct": every command line carries a token
 of its own, so no field scan is reused. The reference evaluator (`RuleSet.match_all`) evaluates
@@ -133,7 +133,7 @@ rules evaluated on the same schema (those whose fields it has), as the Windows s
 `sensor rules test` end to end over the same {len(events):,} events as a JSON-lines file with the
 shared and bundled rules: {e2e} (its own figure: reading with orjson, matching, writing alerts);
 {wall:.1f} s wall and {cpu:.1f} CPU s for the whole command, Python start and rule loading included.
-Its figure is wall-clock time, which on this shared machine is well above its CPU time; orjson
+Its figure is wall-clock time, which a loaded machine puts above its CPU time; orjson
 alone parses {parse:,.0f} of these lines (about {size:,.0f} bytes each) per CPU second.
 
 How: each rule's condition is reduced to the literals one of which every match must contain, per
