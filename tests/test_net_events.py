@@ -265,10 +265,15 @@ def test_dns_over_tcp(sensor):
     assert sensor.stop() == 0
 
 
-def test_connect_storm_loses_no_state_change(sensor, tmp_path):
+def test_connect_storm_loses_no_state_change(start_sensor, tmp_path):
     """10,000 loopback connects: softirqs then fire the TCP state tracepoint inside its own
-    program now and then, which the kernel would skip; every connect and close is still there."""
+    program now and then, which the kernel would skip; every connect and close is still there.
+    The ring holds the whole storm (64 MiB), so a consumer slowed by other work on the machine
+    (seen in CI: 2,255 records the 4 MiB ring refused) is not what this measures."""
     from conftest import ROOT
+
+    sensor = start_sensor("--no-metrics-enabled", "--rules", "none", "--no-files-enabled",
+                          "--network-ring-buffer-bytes", "64MiB")
 
     storm = tmp_path / "connstorm"
     subprocess.run(["gcc", "-O2", "-o", str(storm), str(ROOT / "bench" / "connstorm.c")], check=True)
