@@ -102,9 +102,9 @@ class BrokerOptions:
                             duplicate_window=self.duplicate_window)
 
 
-async def connect(opts: BrokerOptions, name: str, *, timeout: float = 5.0, callbacks=None):
+async def connect(opts: BrokerOptions, name: str, *, timeout: float = 5.0, callbacks=None, **options):
     """A connected nats-py client that reconnects by itself from then on; BrokerError with the
-    last reason when no server accepted us within `timeout` seconds."""
+    last reason when no server accepted us within `timeout` seconds. `options` go to nats.connect."""
     import asyncio
 
     import nats
@@ -122,7 +122,7 @@ async def connect(opts: BrokerOptions, name: str, *, timeout: float = 5.0, callb
         # nats-py retries the first connection forever too (max_reconnect_attempts=-1): bound it
         nc = await asyncio.wait_for(nats.connect(name=name, allow_reconnect=True, connect_timeout=2,
                                                  reconnect_time_wait=0.5, max_reconnect_attempts=-1,
-                                                 error_cb=on_error, **cb, **opts.connect_kwargs()), timeout)
+                                                 error_cb=on_error, **cb, **options, **opts.connect_kwargs()), timeout)
         return nc
     except ConfigError:
         raise

@@ -11,6 +11,7 @@ import orjson
 
 from .broker import BrokerOptions, connect, describe, ensure_stream, subject
 from .outbox import Outbox
+from .publish import REFUSED, Publisher
 
 log = logging.getLogger("sensor.fleet.nats")
 
@@ -31,8 +32,9 @@ class NatsSink:
         opts.connect_kwargs()  # bad TLS files fail now, in one line, not in the thread
         self.outbox = Outbox(outbox_dir, max_bytes=max_bytes, segment_bytes=segment_bytes)
         self.queue_max = queue_max
-        self.sent = self.duplicates = self.dropped_queue = 0
+        self.sent = self.duplicates = self.dropped_queue = self.refused = 0
         self.connected = False
+        self._publisher: Publisher | None = None
         self.last_error: str | None = None
         self._queue: deque[bytes] = deque()
         self._subjects: dict[tuple, bytes] = {}
@@ -60,7 +62,7 @@ class NatsSink:
     def stats(self) -> dict:
         out = {"sent": self.sent, "queued": self.outbox.pending + len(self._queue),
                "queued_bytes": self.outbox.size, "overflow": self.outbox.overflow + self.dropped_queue,
-               "duplicates": self.duplicates, "connected": self.connected}
+               "refused": self.refused, "duplicates": self.duplicates, "connected": self.connected}
         if self.last_error:
             out["error"] = self.last_error
         return out
@@ -106,16 +108,17 @@ class NatsSink:
                     backoff = min(backoff * 2, 5.0)
                     continue
                 backoff = 0.2
-                js = nc.jetstream(publish_async_max_pending=WINDOW * 2)
-            batch = self.outbox.read(WINDOW)
+                self._publisher = Publisher(ACK_TIMEOUT)
+                await self._publisher.subscribe(nc)
+            batch = self.outbox.read(WINDOW) if nc.is_connected else None  # reconnecting: wait
             if not batch:
                 await self._sleep(DRAIN_INTERVAL)
-            elif not await self._send(js, batch):
+            elif not await self._send(nc, batch):
                 self.outbox.rewind()
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             else:
-                backoff, self.last_error = 0.2, None
+                backoff = 0.2
             if time.monotonic() - saved >= SAVE_INTERVAL:
                 self.outbox.save()
                 saved = time.monotonic()
@@ -133,7 +136,11 @@ class NatsSink:
 
     async def _connect(self):
         def on_error(exc):
-            self._error(f"nats: {describe(exc)}")
+            m = REFUSED.search(str(exc))
+            if m and self._publisher is not None:  # a refused publish gets no ack: settle it now
+                self._publisher.refused(m.group(1))
+            else:
+                self._error(describe(exc))
 
         async def on_disconnect():
             self.connected = False
@@ -143,7 +150,8 @@ class NatsSink:
 
         try:
             nc = await connect(self.opts, "sensor", callbacks={"error": on_error, "disconnected_cb": on_disconnect,
-                                                              "reconnected_cb": on_reconnect})
+                                                              "reconnected_cb": on_reconnect},
+                               skip_subject_validation=True)  # subject() made them valid
         except Exception as exc:
             self._error(f"{describe(exc)}; events wait in the outbox")
             return None
@@ -155,36 +163,21 @@ class NatsSink:
         log.info("nats: connected to %s", nc.connected_url.netloc if nc.connected_url else self.opts.urls)
         return nc
 
-    async def _send(self, js, batch) -> bool:
-        """Publishes a window; acknowledges the outbox up to the first record not acknowledged."""
-        futures = []
-        try:
-            for _, rec in batch:
-                subj, msgid, doc = rec.split(b" ", 2)
-                futures.append(await js.publish_async(subj.decode(), doc[:-1], wait_stall=ACK_TIMEOUT,
-                                                       headers={"Nats-Msg-Id": msgid.decode()}))
-        except Exception as exc:
-            self._error(f"publish failed: {describe(exc)}")
-        if futures:
-            await asyncio.wait(futures, timeout=ACK_TIMEOUT)
-        n = 0
-        for fut in futures:
-            if not fut.done() or fut.cancelled() or fut.exception() is not None:
-                break
-            n += 1
-            if fut.result().duplicate:
-                self.duplicates += 1
-        for fut in futures[n:]:
-            if not fut.done():
-                fut.cancel()
-            elif not fut.cancelled() and fut.exception() is not None:
-                self._error(f"publish refused: {describe(fut.exception())}")
-        if n:
-            self.outbox.ack(batch[n - 1][0], n)
-            self.sent += n
-        if n < len(batch) and not self.last_error:
-            self._error(f"no acknowledgement within {ACK_TIMEOUT:g}s; resending from the outbox")
-        return n == len(batch)
+    async def _send(self, nc, batch) -> bool:
+        """Publishes a window; the outbox lets go of it up to the first record not settled.
+        A refused record (no permission for its subject) is settled too: dropped and counted,
+        as it would be refused again, and must not hold back the host's other events."""
+        out = await self._publisher.send(nc, batch)
+        if out.settled:
+            self.outbox.ack(batch[out.settled - 1][0], out.settled)
+            self.sent += out.sent
+            self.duplicates += out.duplicates
+            self.refused += out.refused
+        if out.error:
+            self._error(out.error)
+        elif out.settled == len(batch):
+            self.last_error = None
+        return out.settled == len(batch)
 
     def _error(self, msg: str):
         if msg != self.last_error:
