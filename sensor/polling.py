@@ -8,6 +8,7 @@ import time
 
 import psutil
 
+from .backend import system
 from .host import NS_PER_TICK, start_ticks
 from .records import ProcessExec, ProcessExit
 from .timersource import TimerSource
@@ -40,7 +41,7 @@ class PollingProcessSource(TimerSource):
         if now < self._next:
             return []
         self._next = now + self.interval
-        boot_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        boot_ns = system.record_ns()  # the clock of the kernel's records (Windows: Unix ns)
         current = self._scan()
         records = []
         for pid, (ticks, ppid) in self._known.items():
@@ -59,7 +60,7 @@ class PollingProcessSource(TimerSource):
             p = psutil.Process(pid)
             with p.oneshot():
                 args = p.cmdline()
-                uids, gids = p.uids(), p.gids()
+                uid, euid, gid, egid, account = system.process_ids(p)
                 exe = cwd = None
                 try:
                     exe, cwd = p.exe() or None, p.cwd()
@@ -69,13 +70,13 @@ class PollingProcessSource(TimerSource):
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             return None  # came and went between the scan and now
         except psutil.AccessDenied:
-            args, uids, gids, exe, cwd, name = [], None, None, None, None, ""
+            args, exe, cwd, name = [], None, None, ""
+            uid, euid, gid, egid, account = system.UNKNOWN_IDS
         parent = start_ticks(ppid) if ppid else None
         return ProcessExec(
             ts_ns=boot_ns, pid=pid, tid=pid, ppid=ppid, start_ns=ticks * NS_PER_TICK,
             parent_start_ns=(parent or 0) * NS_PER_TICK,
-            uid=uids.real if uids else 0, gid=gids.real if gids else 0,
-            euid=uids.effective if uids else 0, egid=gids.effective if gids else 0,
+            uid=uid, gid=gid, euid=euid, egid=egid, account=account,
             argc=len(args), args=tuple(a.encode("utf-8", "surrogateescape") for a in args),
             filename=(exe or name).encode("utf-8", "surrogateescape"),
             executable=exe.encode("utf-8", "surrogateescape") if exe else None,

@@ -2,16 +2,15 @@
 and the one place where process records become schema events."""
 from __future__ import annotations
 
-import grp
 import logging
 import os
-import pwd
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
 import psutil
 
+from .backend import system
 from .host import NS_PER_TICK, Host, start_ticks
 from .records import (UNSET_ID, BlockedOpen, DnsLookup, FileActivity, NetActivity, ProcessExec, ProcessExit,
                       ProcessFork, RegistryChange, SecurityCall, Tamper)
@@ -24,20 +23,7 @@ from .security import security_event
 log = logging.getLogger("sensor.processes")
 
 
-@lru_cache(maxsize=1024)
-def user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except (KeyError, OverflowError):
-        return None
-
-
-@lru_cache(maxsize=1024)
-def group_name(gid: int) -> str | None:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except (KeyError, OverflowError):
-        return None
+user_name, group_name = system.user_name, system.group_name  # uid -> name (Windows: none, see Proc.account)
 
 
 def _ids(uid: int | None) -> dict:
@@ -176,8 +162,7 @@ class ProcessTable:
 
     def seed(self) -> int:
         """Snapshots /proc so processes that started before the sensor have entities too."""
-        attrs = ["pid", "ppid", "exe", "cmdline", "cwd", "uids", "gids"]
-        for p in psutil.process_iter(attrs, ad_value=None):
+        for p in psutil.process_iter(system.seed_attrs, ad_value=None):
             info = p.info
             ticks = start_ticks(info["pid"])
             start = None if ticks is None else ticks * NS_PER_TICK
@@ -189,8 +174,10 @@ class ProcessTable:
             if ppid_ticks is not None:
                 proc.parent_entity_id = self.host.entity_id(proc.ppid, ppid_ticks * NS_PER_TICK)
             proc.set_image(info["exe"] or None, info["cmdline"] or [], info["cwd"])
-            uids, gids = info["uids"], info["gids"]
-            proc.set_ids(uids and uids.real, uids and uids.effective, gids and gids.real, gids and gids.effective)
+            *ids, account = system.seed_ids(info)
+            proc.set_ids(*ids)
+            if account:
+                proc.account = dict(account)
             self.live[proc.pid] = proc
         return len(self.live)
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from .errors import ConfigError
+from .backend import kill as platform
 from .filehash import sha256_file
-from .host import NS_PER_TICK, start_ticks
 from .schema import get, parse_time
 
 log = logging.getLogger("sensor.respond")
@@ -58,7 +57,10 @@ class Policies:
         """(kernel dev, inode, path) of every block-exec executable, resolved now. The kernel
         kills an exec of one, and for a script (not an ELF binary) any process but the sensor that
         opens it for reading: how a script is stopped when its interpreter opens it
-        (bpf/activity/file.c, sensor/linux/block.py block_how)."""
+        (bpf/activity/file.c, sensor/linux/block.py block_how). None where no kernel blocks
+        (Windows: the responder kills at the process start event instead)."""
+        if not platform.BLOCK_IN_KERNEL:
+            return []
         out = []
         for p in self.rules:
             if p.action != "block-exec":
@@ -157,35 +159,17 @@ def load(path) -> Policies:
     return Policies(rules, {os.path.realpath(e) for e in allow.get("executables", [])}, set(allow.get("users", [])))
 
 
-def _protected_pids() -> set[int]:
-    """pid 1, kthreadd, and this sensor with its whole parent chain."""
-    pids, pid = {0, 1, 2}, os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                pid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError):
-            break
-    return pids
-
-
-def _is_kernel_thread(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int(fields[1]) == 2 or int(fields[6]) & 0x00200000 != 0  # ppid kthreadd, PF_KTHREAD
-    except (OSError, ValueError, IndexError):
-        return False
-
-
 class Responder:
     """Turns alerts into actions; every decision, taken or refused, becomes a response event."""
 
     def __init__(self, policies: Policies, boot_offset_ns: int, quarantine=None):
         self.policies = policies
         self.boot_offset_ns = boot_offset_ns
-        self.protected = _protected_pids()
+        self.protected = platform.protected_pids()
+        # where no kernel blocks an exec, a block-exec path is killed at its start event
+        self.blocked_paths = {} if platform.BLOCK_IN_KERNEL else {
+            os.path.normcase(os.path.realpath(e)): p for p in policies.rules if p.action == "block-exec"
+            for e in p.executables}
         self.quarantine = quarantine
 
     def on_exec(self, event: dict, block) -> dict | None:
@@ -193,17 +177,25 @@ class Responder:
         inode goes on the kernel's block list (`block(dev, ino)`) so it never runs again."""
         hashes = self.policies.blocked_hashes
         exe = get(event, "process.executable")
+        if self.blocked_paths and exe and not get(event, "sensor.blocked"):
+            p = self.blocked_paths.get(os.path.normcase(os.path.realpath(exe)))
+            if p is not None:  # no kernel blocked it: killed now, after the fact
+                outcome, reason, pids = self._kill(event, p)
+                ev = self._event(event, p, outcome, f"{exe} is blocked (killed at its start); {reason}", pids)
+                ev["file"] = {"path": exe}
+                return ev
         if not hashes or not exe or get(event, "sensor.blocked"):
             return None
         digest = _digest(exe)
         if digest not in hashes:
             return None
         p = next(p for p in self.policies.rules if p.action == "block-exec" and digest in p.sha256)
-        try:
-            st = os.stat(exe)
-            block(_kdev(st), st.st_ino)
-        except OSError:
-            pass
+        if platform.BLOCK_IN_KERNEL:
+            try:
+                st = os.stat(exe)
+                block(_kdev(st), st.st_ino)
+            except OSError:
+                pass
         outcome, reason, pids = self._kill(event, p)
         ev = self._event(event, p, outcome, f"sha256 {digest} is blocked; {reason}", pids)
         ev["file"] = {"path": exe, "hash": {"sha256": digest}}
@@ -225,7 +217,7 @@ class Responder:
         exe, user = get(alert, "process.executable"), get(alert, "user.name")
         if pid in self.protected:
             return "protected process (pid 1, kernel, or the sensor and its parents)"
-        if _is_kernel_thread(pid):
+        if platform.is_kernel_thread(pid):
             return "kernel thread"
         if exe and os.path.realpath(exe) in self.policies.allow_executables:
             return f"allow-listed executable {exe}"
@@ -240,29 +232,24 @@ class Responder:
         refusal = self._refusal(pid, alert)
         if refusal:
             return "skipped", refusal, [pid]
-        targets = [pid] + (_descendants(pid) if p.action == "kill-tree" else [])
+        targets = [pid] + (platform.descendants(pid) if p.action == "kill-tree" else [])
         if p.dry_run:
             return "success", "dry run: would kill " + ", ".join(map(str, targets)), targets
         start = get(alert, "process.start")
-        want_ticks = None if start is None else (parse_time(start) - self.boot_offset_ns) // NS_PER_TICK
-        killed = []
+        want_ns = None if start is None else parse_time(start) - self.boot_offset_ns  # the records' clock
+        killed, denied = [], []
         for t in targets:
-            try:
-                fd = os.pidfd_open(t)
-            except ProcessLookupError:
-                continue
-            try:
-                # the pidfd pins the process; check it is the one the alert is about, not a reuse
-                if t == pid and want_ticks is not None and start_ticks(t) not in (want_ticks, want_ticks + 1):
-                    return "skipped", f"pid {t} now belongs to another process", targets
-                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            # pinned by a pidfd (Linux) or a handle (Windows), checked to be the alert's process
+            result = platform.kill(t, want_ns if t == pid else None)
+            if result == "reused":
+                return "skipped", f"pid {t} now belongs to another process", targets
+            if result == "killed":
                 killed.append(t)
-            except ProcessLookupError:
-                pass
-            finally:
-                os.close(fd)
+            elif result == "denied":
+                denied.append(t)
         if not killed:
-            return "failure", "the process had already exited", targets
+            why = f"access denied to {', '.join(map(str, denied))}" if denied else "the process had already exited"
+            return "failure", why, targets
         return "success", f"killed {', '.join(map(str, killed))}", killed
 
     def _quarantine(self, alert: dict, p: Policy) -> dict:
@@ -296,21 +283,3 @@ class Responder:
                 "sensor": {"response": {"action": p.action, "dry_run": p.dry_run, "result": outcome,
                                         "pids": pids, "policy_line": p.line,
                                         "alert": {"id": get(alert, "event.id")}}}}
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/stat", "rb") as f:
-                    ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-            except (OSError, ValueError):
-                pass
-    out, todo = [], list(children.get(pid, []))
-    while todo:
-        c = todo.pop()
-        out.append(c)
-        todo += children.get(c, [])
-    return out

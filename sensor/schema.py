@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 
 from . import __version__
+from .backend import system
 from .host import Host
 
 SCHEMA_VERSION = "1.1.0"
@@ -80,15 +81,16 @@ def exit_fields(status: int) -> dict:
 class Stamper:
     """Gives every event its envelope: @timestamp, event.id and a per-boot monotonic sequence.
 
-    The sequence starts at the CLOCK_BOOTTIME nanosecond the sensor started, so a restarted
-    sensor (even after SIGKILL) continues above every number an earlier run of this boot used,
-    with no state file: no sensor emits more than one event per nanosecond.
+    The sequence starts at the boot clock's nanosecond the sensor started (CLOCK_BOOTTIME; on
+    Windows the interrupt time), so a restarted sensor (even after SIGKILL) continues above every
+    number an earlier run of this boot used, with no state file: no sensor emits more than one
+    event per nanosecond.
     """
 
     def __init__(self, host: Host, label: str | None = None):
         self.host = host
         self._labels = {"run": label} if label else None  # `sensor run --label`: on every event
-        self._seq = itertools.count(time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+        self._seq = itertools.count(system.boot_ns())
         # shared by every event: sinks read events, never change them
         self._agent = {"type": "sensor", "version": __version__}
         self._ecs = {"version": ECS_VERSION}
