@@ -68,12 +68,23 @@ class FileServer:
         self.httpd.server_close()
 
 
-def record(root: Path, normal: int) -> dict[str, Path]:
-    """`normal` runs of the ordinary workload, then the attack-like ones, as trace directories."""
+def workdir(root: Path) -> Path:
+    """The ordinary workload's folder: a source tree of one word list."""
     work = root / "work"
     (work / "src").mkdir(parents=True)
     (work / "src" / "words").write_text("\n".join(f"w{(i * 7919) % 1000}" for i in range(2000)) + "\n")
-    runs = {f"normal{i}": trace(root / f"normal{i}", "normal", WORK.format(work=work, i=i)) for i in range(normal)}
+    return work
+
+
+def record_normal(root: Path, work: Path, normal: int) -> dict[str, Path]:
+    """`normal` runs of the ordinary workload in `work`, as trace directories."""
+    return {f"normal{i}": trace(root / f"normal{i}", "normal", WORK.format(work=work, i=i)) for i in range(normal)}
+
+
+def record(root: Path, normal: int) -> dict[str, Path]:
+    """`normal` runs of the ordinary workload, then the attack-like ones, as trace directories."""
+    work = workdir(root)
+    runs = record_normal(root, work, normal)
     listener = ShellListener(b"id\nuname -a\nexit\n")
     try:
         runs["revshell"] = trace(root / "revshell", "attack:reverse_shell",

@@ -45,9 +45,10 @@ def test_attacks_rank_above_held_back_normal_runs(runs, tmp_path, method):
         # (docs/ml.md has it on the bench's larger set): here it is checked for what it keeps
         # and reports, the features it names being columns it learnt or new ones
         named = {t["feature"] for r in got.values() for proc in r["processes"] for t in proc["top"]}
-        assert named and all(c in doc["state"]["columns"] or c.startswith("ngram.") for c in named)
-        assert all(0 < r["score"] < 1 for r in got.values())
-        assert len(doc["state"]["x"]) == sum(t["processes"] for t in doc["training"])  # a row per process
+        assert named and all(c in doc["state"]["global"]["columns"] or c.startswith("ngram.") for c in named)
+        # scikit-learn's score, plus 0.5 for a program training never had
+        assert all(0 < p["score"] < 1 + 0.5 * (not p["program_seen"]) for r in got.values() for p in r["processes"])
+        assert len(doc["state"]["global"]["x"]) == sum(t["processes"] for t in doc["training"])  # a row per process
         return
     for p in attacks:
         assert got[str(p)]["score"] > normal, (p.name, got[str(p)]["score"], normal)
@@ -56,10 +57,15 @@ def test_attacks_rank_above_held_back_normal_runs(runs, tmp_path, method):
     t = pq.read_table(runs["revshell"] / "syscalls.parquet", columns=["pid", "syscall"]).to_pylist()
     connected = {str(row["pid"]) for row in t if row["syscall"] == "connect"}
     assert got[str(runs["revshell"])]["processes"][0]["process"] in connected
-    if method == "stide":  # and what it reports are windows the model never saw
-        known = {tuple(w) for w in doc["state"]["windows"]}
-        shown = [tuple(t["sequence"]) for proc in got[str(runs["download"])]["processes"] for t in proc["top"]]
-        assert shown and not known & set(shown)
+    if method == "stide":  # and what it reports are windows the process's model never saw
+        state = doc["state"]
+        for proc in got[str(runs["download"])]["processes"]:
+            known = {tuple(w) for w in state["programs"].get(proc["program"], state["global"])["windows"]}
+            shown = {tuple(t["sequence"]) for t in proc["top"]}
+            assert not known & shown
+            assert proc["program_seen"] == (proc["program"] in state["known"])
+        # the downloaded script is a program training never ran
+        assert {p["program"] for p in got[str(runs["download"])]["processes"] if not p["program_seen"]} >= {"p.sh"}
 
 
 def test_model_file_is_plain_data_and_scores_the_same_when_read_back(runs, tmp_path):
@@ -68,7 +74,7 @@ def test_model_file_is_plain_data_and_scores_the_same_when_read_back(runs, tmp_p
     assert r.returncode == 0, r.stderr
     doc = json.loads(model.read_text())
     assert doc["format"] == "sensor-model" and doc["params"] == {"n": 4, "frame": 20}
-    assert all(len(w) == 4 for w in doc["state"]["windows"]) and doc["threshold"] >= 0
+    assert all(len(w) == 4 for w in doc["state"]["global"]["windows"]) and doc["threshold"] >= 0
     # a copy written by hand from the JSON alone scores exactly as the original
     copy = tmp_path / "copy.json"
     copy.write_text(json.dumps(doc))
@@ -118,7 +124,8 @@ def test_adfa_i386_and_lidds_exports_train_and_score_as_the_traces(runs, tmp_pat
     for model, src in ((from_traces, normal), (from_adfa, [str(adfa)])):
         r = sensor("model", "train", *src, "-o", str(model))
         assert r.returncode == 0, r.stderr
-    windows = [{tuple(w) for w in json.loads(m.read_text())["state"]["windows"]} for m in (from_traces, from_adfa)]
+    windows = [{tuple(w) for w in json.loads(m.read_text())["state"]["global"]["windows"]}
+               for m in (from_traces, from_adfa)]
     if not manifest["unmapped"]:
         assert windows[0] == windows[1] and windows[0]
     # and the LID-DS recordings of the attacks score as their trace directories do

@@ -121,7 +121,8 @@ def _format_report(rep: dict) -> str:
     lines = [f"{rep['rows']} rows, {rep['columns']} feature columns, {len(rep['constant'])} constant"]
     lines.append("mutual information with normal/attack (nats; 0 = tells nothing):")
     mi = rep["mutual_information"]
-    lines += [f"  {v:8.4f}  {c}" for c, v in mi.items()] if mi else ["  (one label only: nothing to tell apart)"]
+    lines += ([f"  {v:8.4f}  {c}" for c, v in mi.items()] if mi else
+              [f"  (not computed: needs {rep['missing']})" if rep.get("missing") else "  (one label only: nothing to tell apart)"])
     lines.append("highest variance:")
     lines += [f"  {v:12.4g}  {c}" for c, v in rep["variance"].items()]
     lines.append(f"redundant pairs (|r| >= {rep['redundant_threshold']}): {len(rep['redundant_pairs'])}")

@@ -165,14 +165,16 @@ def report(rows: list[dict], redundant: float = 0.95, top: int = 20) -> dict:
            "constant": [c for c, v in zip(columns, var) if v == 0],
            "variance": {c: float(v) for c, v in sorted(zip(columns, var), key=lambda cv: -cv[1])[:top]}}
     live = var > 0
+    out["mutual_information"] = None  # one label only: nothing to tell apart
     if len(set(labels)) > 1 and live.any():
-        from sklearn.feature_selection import mutual_info_classif
-
-        mi = mutual_info_classif(x[:, live], labels, random_state=0)
-        names = [c for c, keep in zip(columns, live) if keep]
-        out["mutual_information"] = {c: float(m) for c, m in sorted(zip(names, mi), key=lambda cm: -cm[1])[:top]}
-    else:
-        out["mutual_information"] = None  # one label only: nothing to tell apart
+        try:
+            from sklearn.feature_selection import mutual_info_classif
+        except ImportError:  # the rest of the report needs numpy only
+            out["missing"] = "scikit-learn (pip install scikit-learn): no mutual information"
+        else:
+            mi = mutual_info_classif(x[:, live], labels, random_state=0)
+            names = [c for c, keep in zip(columns, live) if keep]
+            out["mutual_information"] = {c: float(m) for c, m in sorted(zip(names, mi), key=lambda cm: -cm[1])[:top]}
     pairs = []
     if live.sum() > 1:
         idx = np.flatnonzero(live)

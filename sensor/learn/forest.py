@@ -5,11 +5,14 @@ import numpy as np
 
 from ..errors import SensorError
 from . import features
-from .runs import Run
+from .runs import Process
 
 TOP = 5
 # Left out: on a shared, loaded machine times measure the load more than what a process does
 TIMING = ("duration_s", "calls_per_s", "in_calls_ms", "per_s.execs", "per_s.file_opens", "per_s.net_connects")
+# and the tree's shape within a run: it depends on how the run was launched, and a live process has no run
+TREE = ("children", "depth", "descendants")
+LEFT_OUT = frozenset((*features.META, *TIMING, *TREE))
 
 
 def _sklearn():
@@ -50,20 +53,25 @@ class IForest:
         self.spread = np.maximum(q3 - q1, np.maximum(np.abs(self.median) * 0.1, 1e-9))
         return self
 
-    def fit(self, runs: list[Run]):
-        rows = features.per_process(runs, self.ngram)
-        columns = sorted({c for row in rows for c in row} - set(features.META) - set(TIMING))
+    def _rows(self, procs: list[Process]) -> list[dict]:
+        return [{"process": p.key, "name": p.name, **features.process_row(p, (0, 0, 0), self.ngram)} for p in procs]
+
+    def fit(self, procs: list[Process], columns: list[str] | None = None):
+        """Fits on these processes' features: the given columns, else every one they have."""
+        rows = self._rows(procs)
+        if columns is None:
+            columns = sorted({c for row in rows for c in row} - LEFT_OUT)
         x, columns = features.matrix(rows, columns)
         return self._fit_matrix(x, columns)
 
-    def score_run(self, run: Run) -> list[dict]:
-        rows = features.per_process([run], self.ngram)
+    def score_many(self, procs: list[Process]) -> list[tuple[float, list[dict]]]:
+        rows = self._rows(procs)
         if not rows:
             return []
         x, _ = features.matrix(rows, self.columns)
         scores = -self.forest.score_samples(np.log1p(np.abs(x)) * np.sign(x))
         z = (x - self.median) / self.spread
-        unseen = sorted({c for row in rows for c in row} - set(self.columns) - set(features.META) - set(TIMING))
+        unseen = sorted({c for row in rows for c in row} - set(self.columns) - LEFT_OUT)
         out = []
         for i, row in enumerate(rows):
             order = np.argsort(-np.abs(z[i]))[:TOP]
@@ -71,8 +79,7 @@ class IForest:
                    for j in order if z[i, j] != 0]
             new = [c for c in unseen if row.get(c)]  # columns training never had, e.g. a new call
             top += [{"feature": c, "value": float(row[c]), "median": 0.0} for c in new[:TOP - len(top)]]
-            out.append({"process": row["process"], "name": row["name"], "calls": row["calls"],
-                        "score": float(scores[i]), "top": top})
+            out.append((float(scores[i]), top))
         return out
 
     def state(self) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from .. import __version__
+from ..backend import system
 from ..errors import SensorError
 from ..schema import parse_time, rfc3339
 
@@ -45,7 +46,7 @@ def parse_when(value: str, flag: str) -> int:
 
 def _append(path: Path, record: dict):
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | system.OPEN_FLAGS, 0o600)
     with open(fd, "ab") as f:
         f.write(orjson.dumps(record) + b"\n")  # one write: concurrent appends never interleave
 

@@ -7,11 +7,14 @@ import orjson
 
 from .. import __version__
 from ..errors import SensorError
+import numpy as np
+
 from . import models
+from .programs import PerProgram
 from .runs import Run
 
 FORMAT = "sensor-model"
-VERSION = 1
+VERSION = 2  # 2: per-program models, held-out scores
 FOLDS = 5
 
 
@@ -22,14 +25,14 @@ class ModelError(SensorError):
 METHODS = (*models.METHODS, "iforest")
 
 
-def make(method: str, params: dict):
+def make(method: str, params: dict) -> PerProgram:
     if method == "iforest":
         from .forest import IForest  # scikit-learn: only when asked for
 
-        return IForest(**params)
+        return PerProgram(lambda: IForest(**params), method)
     if method not in models.METHODS:
         raise ModelError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    return models.METHODS[method](**params)
+    return PerProgram(lambda: models.METHODS[method](**params), method)
 
 
 def training_runs(runs: list[Run]) -> list[Run]:
@@ -59,8 +62,11 @@ def train(runs: list[Run], method: str, params: dict, q: float = 0.99) -> dict:
             held += process_scores(part, r)
     model = make(method, params).fit(normal)
     return {"format": FORMAT, "version": VERSION, "method": method, "params": model.params,
-            "threshold": models.quantile(held, q),
-            "threshold_rule": f"{q} quantile of {len(held)} held-out process scores ({folds}-fold by run)",
+            "threshold": max(models.quantile(held, q), model.floor),
+            "threshold_rule": f"{q} quantile of {len(held)} held-out process scores ({folds}-fold by run)"
+                              + (f", at least {model.floor:.4g} (one call out of place)" if model.floor else ""),
+            # sorted, for a run's score: how rare its most anomalous process is among normal ones
+            "held_out": sorted(round(h, 6) for h in held),
             "sensor_version": __version__,
             "training": [{"source": r.source, "label": r.label, "sha256": r.sha256, "layout": r.layout,
                           "processes": len(r.processes)} for r in normal],
@@ -99,14 +105,31 @@ def load_doc(doc: dict, path="model"):
         raise ModelError(f"{path}: damaged model file ({type(exc).__name__}: {exc})") from None
 
 
+def run_score(scores: list[float], held: list[float] | None) -> float:
+    """-log10 of the chance that a normal run of as many processes holds one scoring this high:
+    each process's p-value is its rank among the held-out normal scores, the run's is the
+    smallest, corrected for the number of processes (Sidak), so a run's score does not grow
+    with its process count. Without held-out scores (version 1 files): the highest score."""
+    if not scores:
+        return 0.0
+    if held is None:
+        return max(scores)
+    held = np.asarray(held)
+    beyond = len(held) - np.searchsorted(held, max(scores), side="left")  # held-out scores >= it
+    p = (1 + beyond) / (1 + len(held))
+    return float(-np.log10(-np.expm1(len(scores) * np.log1p(-p)))) if p < 1 else 0.0
+
+
 def score(doc: dict, model, runs: list[Run], top: int = 10) -> list[dict]:
-    """Each run's score (its most anomalous process's), and its processes', highest first."""
+    """Each run's score (run_score) and its processes', highest first; a run is anomalous when a
+    process of it is over the threshold."""
     out = []
     threshold = doc["threshold"]
     for r in runs:
         procs = sorted(model.score_run(r), key=lambda p: -p["score"])
-        best = procs[0]["score"] if procs else 0.0
-        out.append({"source": r.source, "label": r.label, "score": best,
-                    "anomalous": best > threshold, "threshold": threshold,
+        scores = [p["score"] for p in procs]
+        out.append({"source": r.source, "label": r.label, "score": run_score(scores, doc.get("held_out")),
+                    "max_process_score": scores[0] if scores else 0.0,
+                    "anomalous": bool(scores) and scores[0] > threshold, "threshold": threshold,
                     "processes": [{**p, "anomalous": p["score"] > threshold} for p in procs[:top]]})
     return out

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import ngrams
 from .ngrams import Vocab, decode, frame_max, windows
-from .runs import Process, Run
+from .runs import Process
 
 TOP = 5  # contributing sequences or features reported per process
 
@@ -29,14 +29,14 @@ class Stide:
     def params(self) -> dict:
         return {"n": self.n, "frame": self.frame}
 
-    def fit(self, runs: list[Run]):
-        codes = [windows(self.vocab.encode(p.calls), self.n) for r in runs for p in r.processes]
+    def fit(self, procs: list[Process]):
+        codes = [windows(self.vocab.encode(p.program_calls()), self.n) for p in procs]
         self.known = np.unique(np.concatenate(codes)) if codes else self.known
         return self
 
     def score(self, p: Process) -> tuple[float, list[dict]]:
         vocab = self.vocab.extended()
-        codes = windows(vocab.encode(p.calls), self.n)
+        codes = windows(vocab.encode(p.program_calls()), self.n)
         unseen = ~np.isin(codes, self.known)
         score = frame_max(unseen.astype(np.float64), self.frame) / self.frame
         # windows with calls never seen at all first, then the most frequent unseen ones
@@ -46,12 +46,13 @@ class Stide:
         top = sorted(counts.items(), key=lambda kv: (kv[0] not in fresh, -kv[1]))[:TOP]
         return score, [{"sequence": decode(c, self.n, vocab.names), "count": k} for c, k in top]
 
-    def score_run(self, run: Run) -> list[dict]:
-        out = []
-        for p in run.processes:
-            score, top = self.score(p)
-            out.append({"process": p.key, "name": p.name, "calls": len(p.calls), "score": score, "top": top})
-        return out
+    def score_many(self, procs: list[Process]) -> list[tuple[float, list[dict]]]:
+        return [self.score(p) for p in procs]
+
+    @property
+    def floor(self) -> float:
+        """The least threshold: one call out of place (a signal come earlier) makes n unseen windows."""
+        return self.n / self.frame
 
     def state(self) -> dict:
         names = self.vocab.names
@@ -83,8 +84,10 @@ class NgramFreq(Stide):
     def params(self) -> dict:
         return {"n": self.n, "frame": self.frame, "alpha": self.alpha}
 
-    def fit(self, runs: list[Run]):
-        codes = [windows(self.vocab.encode(p.calls), self.n) for r in runs for p in r.processes]
+    floor = 0.0
+
+    def fit(self, procs: list[Process]):
+        codes = [windows(self.vocab.encode(p.program_calls()), self.n) for p in procs]
         if codes:
             self.known, self.counts = np.unique(np.concatenate(codes), return_counts=True)
         return self._contexts()
@@ -111,7 +114,7 @@ class NgramFreq(Stide):
 
     def score(self, p: Process) -> tuple[float, list[dict]]:
         vocab = self.vocab.extended()
-        codes = windows(vocab.encode(p.calls), self.n)
+        codes = windows(vocab.encode(p.program_calls()), self.n)
         s = self._surprisal(codes)
         score = frame_max(s, self.frame) / min(self.frame, len(s))
         worst = {}

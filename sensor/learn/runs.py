@@ -32,6 +32,21 @@ class Process:
     duration: np.ndarray | None = None
     ppid: int | None = None
 
+    def program_calls(self) -> list[str]:
+        """Its calls from its exec on: from the last of its first run of execve calls (a PATH
+        search fails at each directory first). What a forked child did before exec depends on
+        the program that forked it, not on the one it runs; a process that never execs: all."""
+        calls = self.calls
+        i = next((i for i, c in enumerate(calls) if c in EXECS), None)
+        if i is None:
+            return calls
+        while i + 1 < len(calls) and calls[i + 1] in EXECS:
+            i += 1
+        return calls[i:]
+
+
+EXECS = frozenset({"execve", "execveat"})
+
 
 @dataclass
 class Run:
@@ -133,7 +148,8 @@ def _adfa(path: Path, table: str) -> Run:
         split = "training"
     elif "Validation_Data_Master" in parts:
         split = "validation"
-    return Run(str(path), label, sha256_file(path), [Process(path.stem, path.stem, calls)], split, "adfa")
+    # no program names in ADFA-LD: its processes are compared with every program's (sensor/learn/programs.py)
+    return Run(str(path), label, sha256_file(path), [Process(path.stem, "?", calls)], split, "adfa")
 
 
 # LID-DS 2021: NAME.zip holding NAME.sc (one line per event) and NAME.json (exploit, exploit_name)
