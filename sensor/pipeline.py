@@ -70,6 +70,10 @@ class Pipeline:
             if any(p.action == "block-exec" for p in self.policies.rules):
                 blocked = self.policies.blocked_files()
         self.sources = build_sources(cfg, blocked) if sources is None else sources
+        if cfg.get("model"):  # syscalls scored by a model: its own kernel programs, only when asked
+            from .learn.live import ModelSource
+
+            self.sources = [*self.sources, ModelSource(cfg, self.host, self.raise_alert)]
         self.notifier = None
         if cfg["notifiers"]:
             from .notify import load as load_notifiers
@@ -132,6 +136,14 @@ class Pipeline:
                 if self.responder is not None:
                     for response in self.responder.respond(a):
                         self.emit(response)
+
+    def raise_alert(self, a: dict):
+        """An alert made outside the rule engine (sensor.learn.live): stored, notified and
+        responded to as a Sigma rule's is."""
+        self.emit(a)
+        if self.responder is not None:
+            for response in self.responder.respond(a):
+                self.emit(response)
 
     def _block(self, dev: int, ino: int, path: str | None = None):
         for s in having(self.sources, BLOCK):
