@@ -19,14 +19,15 @@ else:  # Linux, and the portable psutil/watchdog fallbacks everywhere else
     from .linux import kill, sources as _platform, system
 
 # build_sources(cfg, blocked), fallback(source, reason, cfg), service_backend(backend, init_dir,
-# bus), login_feed(auth_log), poller()
-API = ("build_sources", "fallback", "service_backend", "login_feed", "poller")
+# bus), login_feed(auth_log), poller(), rule_set()
+API = ("build_sources", "fallback", "service_backend", "login_feed", "poller", "rule_set")
 # what sensor.linux.system and sensor.windows.system both define (tests/test_backend.py checks it)
 SYSTEM_API = ("NS_PER_TICK", "RELOAD_SIGNAL", "boot_ns", "record_ns", "unix_offset_ns", "start_ticks", "boot_id", "machine_id",
-              "os_fields", "user_name", "group_name", "seed_attrs", "seed_ids", "process_ids", "UNKNOWN_IDS", "lock")
+              "os_fields", "user_name", "group_name", "seed_attrs", "seed_ids", "process_ids", "UNKNOWN_IDS", "lock", "OPEN_FLAGS", "fsync_dir")
 KILL_API = ("BLOCK_IN_KERNEL", "protected_pids", "is_kernel_thread", "descendants", "kill")
 build_sources = _platform.build_sources
 fallback = _platform.fallback
 service_backend = _platform.service_backend
 login_feed = _platform.login_feed
 poller = _platform.poller
+rule_set = _platform.rule_set

@@ -202,9 +202,12 @@ def cmd_run(args) -> int:
 
     record_run(cfg)  # label and config, for `sensor dataset export --from-store`
     stop, _ = stop_on((signal.SIGTERM, signal.SIGINT))
-    from .reload import Reloader  # SIGHUP (systemctl reload): rules and response policies
+    from .backend import system
 
-    Reloader(pipeline, lambda: config.resolve(args)).install(signal.SIGHUP)
+    if system.RELOAD_SIGNAL is not None:  # SIGHUP (systemctl reload): rules and response policies
+        from .reload import Reloader
+
+        Reloader(pipeline, lambda: config.resolve(args)).install(system.RELOAD_SIGNAL)
     console = cfg["console"] == "on" or (cfg["console"] == "auto" and sys.stdout.isatty())
     print(f"sensor {__version__}: tracing {', '.join(s.name for s in pipeline.sources) or 'nothing'}"
           f" into {pipeline.store.events_dir}; Ctrl-C stops", file=sys.stderr)

@@ -16,7 +16,7 @@ from .errors import ConfigError, SensorError
 from .host import Host
 from .processes import ProcessTable
 from .rules import alert
-from .source import BLOCK, WATCH_PTRACE, having
+from .source import BLOCK, PROCESS_TABLE, WATCH_PTRACE, having
 from .schema import Stamper
 from .store import Store
 
@@ -40,13 +40,13 @@ def load_rules(spec: str, skip_invalid: bool = False):
     items = [x.strip() for x in spec.split(",") if x.strip()]
     if not items or items == ["none"]:
         return None
-    from .rules import BUILTIN, RuleSet
+    from .rules import BUILTIN
 
     paths = [BUILTIN if x == "builtin" else Path(x) for x in items if x != "none"]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise ConfigError(f"rules: no such file or directory: {', '.join(missing)}")
-    rules = RuleSet.load_for_run(paths, skip_invalid)
+    rules = backend.rule_set().load_for_run(paths, skip_invalid)  # Windows: SigmaHQ's Windows rules too
     log.info("loaded %d Sigma rules (%d unsupported or broken, see warnings)", len(rules.rules),
              sum(r.status != "ok" for r in rules.reports))
     return rules
@@ -108,6 +108,7 @@ class Pipeline:
 
             self.hasher = ExecutableHasher(cfg["files.hash_max_bytes"], cfg["files.hash_per_second"])
         self.emitted: Counter[str] = Counter()
+        self.fallbacks: dict[str, str] = {}  # source -> why it could not start (sensor.health)
         self.started = time.monotonic()
         self._proc = psutil.Process()
         self._cpu_mark = (self.started, self._cpu_seconds())
@@ -193,6 +194,7 @@ class Pipeline:
             "uptime_s": round(now - self.started, 3),
             "final": final,
             "sources": sources,
+            **({"fallbacks": dict(self.fallbacks)} if self.fallbacks else {}),
             "store": {"written": self.store.written, "dropped": self.store.dropped,
                       **({"error": self.store.last_error} if self.store.last_error else {})},
             "cpu_seconds": round(cpu, 3),
@@ -218,6 +220,8 @@ class Pipeline:
         if self.uploader is not None:
             self.uploader.start()
         self.table.seed()
+        for s in having(self.sources, PROCESS_TABLE):
+            s.process_table(self.table)
         started = []
         try:
             for s in self.sources:
@@ -248,10 +252,13 @@ class Pipeline:
         tracefs), when its backend is `auto`; otherwise the error stands."""
         if isinstance(exc, ConfigError):  # the user's mistake: no backend would do better
             raise exc
+        reason = str(exc).splitlines()[0]
         try:
-            return backend.fallback(source, str(exc).splitlines()[0], self.cfg)
+            replacement = backend.fallback(source, reason, self.cfg)
         except LookupError:
             raise exc from None
+        self.fallbacks[source.name] = reason
+        return replacement
 
     def run(self, stop: threading.Event, duration: float | None = None, on_health=None):
         """Runs until `stop` is set or `duration` seconds pass; then drains and closes."""

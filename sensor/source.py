@@ -8,7 +8,10 @@ from typing import Protocol, runtime_checkable
 SHARED_MAPS = "shared_maps"  # shared_maps() -> {map name: fd}: kernel maps other objects reuse
 BLOCK = "block"  # block(dev, ino): add an executable to the block list while running
 WATCH_PTRACE = "watch_ptrace"  # watch_ptrace(): report ptrace aimed at the sensor
-CAPABILITIES = frozenset({SHARED_MAPS, BLOCK, WATCH_PTRACE})
+# process_table(table): the pipeline's process cache, before start, for a source that finishes its
+# own events (the Windows Event Log: each event keeps its record's winlog fields)
+PROCESS_TABLE = "process_table"
+CAPABILITIES = frozenset({SHARED_MAPS, BLOCK, WATCH_PTRACE, PROCESS_TABLE})
 
 
 @runtime_checkable

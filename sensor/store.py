@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import io
 import logging
 import os
@@ -16,6 +15,7 @@ from typing import Iterator
 import orjson
 import zstandard
 
+from .backend import system
 from .errors import StoreError
 from .schema import parse_time as parse_timestamp  # noqa: F401  (part of the store's API)
 
@@ -42,17 +42,13 @@ def compress(path: Path) -> Path:
     tmp = path.with_name(path.name + ".zst.tmp")
     try:
         tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | system.OPEN_FLAGS, 0o600)
         with open(fd, "wb") as out, open(path, "rb") as src:
             zstandard.ZstdCompressor(level=3).copy_stream(src, out)
             out.flush()
             os.fsync(out.fileno())
         os.rename(tmp, target)
-        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)  # the .zst's name is durable before the plain copy goes
-        finally:
-            os.close(dfd)
+        system.fsync_dir(path.parent)  # the .zst's name is durable before the plain copy goes
         path.unlink()
         return target
     except OSError:
@@ -73,7 +69,7 @@ def _in_use(path: Path) -> bool:
     """Whether a live writer holds this plain segment (the kernel drops a killed one's flock)."""
     try:
         with open(path, "rb") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            system.lock(f, wait=False)
         return False
     except OSError:  # held by a writer, gone meanwhile, or not ours to touch
         return True
@@ -241,12 +237,12 @@ class Store:
         name = f"events-{self._last_stamp:%Y%m%dT%H%M%S.%fZ}-{os.getpid()}-{self._n:04d}.jsonl"
         path = self.events_dir / name
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | system.OPEN_FLAGS, 0o600)
         except OSError as exc:
             self._failed(exc, "create", path)
             return False
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # tells another store's recovery that this one is live
+            system.lock(fd)  # tells another store's recovery that this one is live
         except OSError:
             pass  # a filesystem without locks: recovery by a second store is then not prevented
         self._fd, self._path, self._seg_size, self._opened = fd, path, 0, time.monotonic()

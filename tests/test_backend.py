@@ -6,7 +6,7 @@ import inspect
 
 from sensor import backend, config
 from sensor.linux import sources as linux
-from sensor.source import CAPABILITIES, Source
+from sensor.source import CAPABILITIES, PROCESS_TABLE, Source
 from sensor.windows import sources as windows
 from conftest import ROOT
 
@@ -41,8 +41,10 @@ def test_sources_declare_capabilities_rather_than_being_probed():
         for cap in s.capabilities:  # a declared capability is a method of that name
             assert callable(getattr(s, cap)), (type(s).__name__, cap)
     process = next(s for s in built if type(s).__name__ == "ProcessSource")
-    assert process.capabilities == CAPABILITIES
-    assert all(not s.capabilities for s in built if s is not process)
+    assert process.capabilities == CAPABILITIES - {PROCESS_TABLE}
+    eventlog = next(s for s in built if type(s).__name__ == "EventLogSource")
+    assert eventlog.capabilities == {PROCESS_TABLE}  # it finishes its events, with their winlog fields
+    assert all(not s.capabilities for s in built if s not in (process, eventlog))
 
 
 def test_windows_sessions_and_key_directories():
@@ -54,10 +56,119 @@ def test_windows_sessions_and_key_directories():
                         "file": "sensor-kernel-file", "network": "sensor-kernel-network",
                         "network.dns": "sensor-dns-client", "registry": "sensor-kernel-registry"}
     # the kernel logger's command lines reach Kernel-Process starts through one shared mapper
-    assert len({id(s.mapper) for s in built if hasattr(s, "mapper")}) == 1
+    assert len({id(s.mapper) for s in built if type(s).__name__ == "EtwSource"}) == 1
     cfg["files.backend"] = "watchdog"
     files = next(s for s in windows.build_sources(cfg) if s.name == "file")
     for path in (r"C:\Users", r"C:\Windows\Temp", r"C:\Windows\Tasks", r"C:\Windows\System32",
                  r"C:\Windows\SysWOW64", r"C:\Windows\WinSxS"):
         assert path in files.paths
     assert any(p.endswith(r"Start Menu\Programs") for p in files.paths)
+
+
+def test_both_platforms_system_and_kill_modules_offer_the_same_names():
+    from sensor.linux import kill as linux_kill, system as linux_system
+    from sensor.windows import kill as windows_kill, system as windows_system
+
+    for api, lin, win in ((backend.SYSTEM_API, linux_system, windows_system),
+                          (backend.KILL_API, linux_kill, windows_kill)):
+        for name in api:
+            a, b = getattr(lin, name), getattr(win, name)
+            if callable(a) and not isinstance(a, type):
+                assert list(inspect.signature(a).parameters)[:1] == list(inspect.signature(b).parameters)[:1], name
+    assert backend.system is linux_system and backend.kill is linux_kill
+    # the Linux clock is the kernel's: records and /proc agree on it (compared with /proc/uptime)
+    uptime_ns = float(open("/proc/uptime").read().split()[0]) * 1e9
+    assert abs(linux_system.boot_ns() - uptime_ns) < 2e9
+
+
+# What `sensor run` would meet on Windows, emulated on Linux: the Windows backend (SENSOR_PLATFORM),
+# no pwd/grp/fcntl modules, and none of the POSIX-only names of os, signal and time. psutil is
+# imported first: its Linux half needs `resource`, which the Windows psutil does not.
+RUN_AS_WINDOWS = r"""
+import os, signal, sys, time
+import psutil
+for m in ("pwd", "grp", "fcntl", "resource"):
+    sys.modules[m] = None
+for mod, names in ((os, ("O_CLOEXEC", "O_DIRECTORY", "pidfd_open", "major", "minor")),
+                   (signal, ("SIGHUP",)), (time, ("CLOCK_BOOTTIME", "clock_gettime_ns"))):
+    for n in names:
+        delattr(mod, n)
+from sensor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sensor_run_starts_on_the_windows_backend_without_posix_modules(tmp_path):
+    """Every module `sensor run` imports loads without pwd, grp, fcntl, CLOCK_BOOTTIME or SIGHUP;
+    the Windows sources are built from the default config; those that cannot start here (no
+    pywintrace, no pywin32) fall back or are left out with their reason in sensor.health, and
+    the SigmaHQ Windows rules load through the Windows rule set."""
+    import subprocess
+    import sys
+
+    from sensor.store import read_events
+
+    script = tmp_path / "run_as_windows.py"
+    script.write_text(RUN_AS_WINDOWS)
+    data = tmp_path / "data"
+    rules = ROOT / "tests" / "data" / "sigma" / "rules" / "windows"
+    r = subprocess.run([sys.executable, str(script), "run", "--data-dir", str(data), "--duration", "3",
+                        "--console", "off", "--rules", f"builtin,{rules}", "--health-interval", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT,
+                       env={**__import__("os").environ, "SENSOR_PLATFORM": "windows"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    events = list(read_events(data))
+    final = [e for e in events if e["event"]["dataset"] == "sensor.health" and e["sensor"]["health"]["final"]]
+    health = final[-1]["sensor"]["health"]
+    fallbacks = health["fallbacks"]
+    # each ETW session and the Event Log said why it could not start; the process and file
+    # sources fell back to psutil and watchdog, the others were left out
+    assert {"process", "process.command_line", "file", "network", "network.dns", "registry", "eventlog",
+            "host.services"} <= set(fallbacks), fallbacks
+    assert "pywintrace unavailable" in fallbacks["process"] and "pywin32 unavailable" in fallbacks["eventlog"]
+    assert {"process", "file", "host.metrics", "host.processes"} <= set(health["sources"])
+    # the Windows rule set: SigmaHQ's Windows rules loaded beside the builtin Linux ones
+    loaded = health["rules"]["loaded"]
+    linux_only = subprocess.run([sys.executable, "-c", "from sensor.pipeline import load_rules; "
+                                 f"print(len(load_rules('builtin').rules))"], capture_output=True, text=True,
+                                cwd=ROOT, check=True)
+    assert loaded > int(linux_only.stdout), (loaded, linux_only.stdout)
+    assert events[0]["host"]["os"]["type"] == "windows"
+    # the process cache was seeded without uids: a seeded process's user is its account name
+    execs = [e for e in events if e["event"].get("action") == "exec" or e["event"]["dataset"] == "host.processes"]
+    assert execs
+
+
+def test_the_live_event_log_path_gives_what_sensor_hunt_gives(tmp_path):
+    """The Event Log source's records (EvtRender's XML, here rendered by the evtx package from
+    recorded Sysmon logs) become the same events as `sensor hunt` makes of the .evtx file,
+    with winlog channel, event id, record id and provider name."""
+    from evtx import PyEvtxParser
+
+    from sensor.hunt import Hunt
+    from sensor.processes import ProcessTable
+    from sensor.windows.eventlog import EventLogSource
+    from sensor.windows.host import RecordedHost
+    from sensor.windows.mappers import Mapper
+
+    path = ROOT / "tests" / "data" / "evtx" / "sysmon-first-4-chunks.evtx"
+    src = EventLogSource(Mapper(None))
+    src.process_table(ProcessTable(RecordedHost(str(path), "recorded")))
+    xml = [rec["data"] for rec in PyEvtxParser(str(path)).records()]
+    src._queue.extend(xml)  # what _on_event queues: EvtRender(handle, EvtRenderEventXml)
+    live = src.poll()
+    hunted = [e for e, _ in Hunt(None).normalized(path)]
+    assert len(live) == len(hunted) > 100
+
+    def key(e):
+        w = e["winlog"]
+        return (w["channel"], w["event_id"], w["record_id"], w["provider_name"], e["event"]["module"],
+                e["event"].get("action"), e.get("process", {}).get("command_line"),
+                e.get("process", {}).get("entity_id"), e.get("process", {}).get("parent", {}).get("entity_id"))
+    assert [key(e) for e in live] == [key(e) for e in hunted]
+    starts = [e for e in live if e["winlog"]["event_id"] == 1]
+    assert starts and all(e["winlog"]["channel"] == "Microsoft-Windows-Sysmon/Operational" and
+                          e["winlog"]["provider_name"] == "Microsoft-Windows-Sysmon" and
+                          isinstance(e["winlog"]["record_id"], int) and e["process"]["command_line"] for e in starts)
+    assert src.stats()["lost_user"] == 0

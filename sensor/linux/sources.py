@@ -119,3 +119,10 @@ class _Epoll:
 
 def poller() -> _Epoll:
     return _Epoll()
+
+
+def rule_set():
+    """The RuleSet class `sensor run` loads its Sigma rules with: SigmaHQ's Linux field names."""
+    from ..rules import RuleSet
+
+    return RuleSet

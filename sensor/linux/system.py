@@ -102,3 +102,15 @@ def lock(fd, wait: bool = True):
     """An exclusive advisory lock on an open file, dropped by the kernel when its holder dies;
     OSError when another holds it and `wait` is false."""
     fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+
+
+OPEN_FLAGS = os.O_CLOEXEC  # what the store adds to every os.open
+
+
+def fsync_dir(path):
+    """Makes a rename in `path` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

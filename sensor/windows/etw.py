@@ -35,15 +35,15 @@ class EtwSource:
         self.overflow = 0
 
     def start(self):
-        if self.mapper.drives.devices == {}:  # this host's \\Device\\HarddiskVolumeN -> C:
-            from .paths import Drives
-
-            self.mapper.drives = Drives.of_this_host()
         try:
             import etw  # pywintrace: ctypes over advapi32/tdh, importable only on Windows
         except (ImportError, AttributeError, OSError) as exc:
             raise SensorError(f"ETW session {self.session}: pywintrace unavailable ({exc})",
-                              hint='pip install "pywintrace @ git+https://github.com/fireeye/pywintrace@977eeb85"') from None
+                              hint="pip install 'sensor[windows]' (docs/windows.md)") from None
+        if self.mapper.drives.devices == {}:  # this host's \\Device\\HarddiskVolumeN -> C:
+            from .paths import Drives
+
+            self.mapper.drives = Drives.of_this_host()
         infos = [etw.ProviderInfo(p.name, etw.GUID("{" + p.guid + "}"), level=p.level, any_keywords=p.any_keywords)
                  for p in self.providers]
         ids = sorted({eid for p in self.providers for eid in p.events})

@@ -1,15 +1,17 @@
 """Live Event Log channels through pywin32's EvtSubscribe (Windows only): Sysmon, and the
 Security log's process creations and service installs. The records are rendered as XML and
-mapped like .evtx records (sensor.windows.winevent.from_event_xml)."""
+mapped like .evtx records (winevent.from_event_xml), and finished as `sensor hunt` finishes
+them (winevent.events_of): each event carries its record's winlog channel, event and record ids."""
 from __future__ import annotations
 
 import logging
 from collections import deque
 
 from ..errors import SensorError
+from ..source import PROCESS_TABLE
 from .mappers import Mapper
 from .providers import load
-from .winevent import from_event_xml
+from .winevent import events_of, from_event_xml
 
 log = logging.getLogger("sensor.windows")
 # channel -> event ids subscribed to; logons (4624/4625) and 7045 are the login inventory's
@@ -26,17 +28,24 @@ class EventLogSource:
 
     name = "eventlog"
     module = "winlog"
-    capabilities: frozenset[str] = frozenset()
+    capabilities: frozenset[str] = frozenset({PROCESS_TABLE})
 
     def __init__(self, mapper: Mapper, max_queued: int = 200_000):
         self.mapper, self.max_queued = mapper, max_queued
+        self.table = None
         self._queue: deque = deque()
         self._subscriptions = []
         self.overflow = 0
         known = {p.channel for p in load().values() if p.channel}
         assert set(SUBSCRIPTIONS) <= known  # every channel has a definition in etw/
 
+    def process_table(self, table):
+        """The pipeline's process cache: this source hands over finished events."""
+        self.table = self.mapper.table = table
+
     def start(self):
+        if self.table is None:
+            raise SensorError("Event Log: no process table (the pipeline gives it before start)")
         try:
             import win32evtlog
         except ImportError as exc:
@@ -63,7 +72,7 @@ class EventLogSource:
     def poll(self) -> list:
         out = []
         while self._queue:
-            out += self.mapper.map(from_event_xml(self._queue.popleft()))
+            out += events_of(from_event_xml(self._queue.popleft()), self.mapper, self.table)
         return out
 
     def fileno(self):

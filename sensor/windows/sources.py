@@ -33,7 +33,8 @@ def build_sources(cfg, blocked=None) -> list:
         else:
             sources += [EtwSource("process", [p["Microsoft-Windows-Kernel-Process"]], mapper),
                         EtwSource("process.command_line", [p["Windows Kernel Trace"]], mapper)]
-        sources.append(EventLogSource(mapper))  # Sysmon and Security 4688, where they are on
+        # Sysmon and Security 4688, where they are on; its own mapper: no ETW join to wait for
+        sources.append(EventLogSource(Mapper(None)))
     if cfg["files.enabled"]:
         if cfg["files.backend"] == "watchdog":
             sources.append(portable.file_source(cfg, WATCH_PATHS))
@@ -61,15 +62,20 @@ def fallback(source, reason: str, cfg):
         log.warning("ETW file monitoring unavailable (%s); falling back to watchdog on the key "
                     "directories: file events without the acting process", reason)
         return portable.file_source(cfg, WATCH_PATHS)
-    if source.name in ("process.command_line", "network", "network.dns", "registry", "eventlog"):
+    if source.name in ("process.command_line", "network", "network.dns", "registry", "eventlog", "host.services"):
         log.warning("%s unavailable (%s): running without it", source.name, reason)
         return None
     raise LookupError(source.name)
 
 
 def service_backend(backend: str = "auto", init_dir: str = "", bus: str = ""):
+    import psutil
+
+    from ..errors import SensorError
     from .services import WindowsBackend
 
+    if not hasattr(psutil, "win_service_iter"):  # psutil's own platform split: Windows builds only
+        raise SensorError("services: this psutil has no Windows service manager API")
     return WindowsBackend()
 
 
@@ -101,3 +107,11 @@ class _Sleeper:
 
 def poller():
     return _Sleeper()
+
+
+def rule_set():
+    """The RuleSet class `sensor run` loads its Sigma rules with: Windows rules go through the
+    Sysmon/Security field-name pipeline (sensor.windows.sigma), Linux rules as on Linux."""
+    from .sigma import WindowsRuleSet
+
+    return WindowsRuleSet

@@ -8,6 +8,7 @@ GetProcessTimes. So the host's offset from the records' clock to the Unix epoch 
 clock serves only where a per-boot counter is needed (the event sequence)."""
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import time
@@ -51,7 +52,9 @@ def boot_ns() -> int:
     return value.value * 100
 
 
-record_ns = time.time_ns  # the clock Windows records carry: Unix ns (see the module's docstring)
+def record_ns() -> int:
+    """Now in the clock Windows records carry: Unix ns (see the module's docstring)."""
+    return time.time_ns()
 
 
 def unix_offset_ns() -> int:
@@ -109,7 +112,8 @@ def user_name(uid: int) -> str | None:
     return None  # Windows has SIDs, not uids: names come from psutil and the events (DOMAIN\user)
 
 
-group_name = user_name
+def group_name(gid: int) -> str | None:
+    return None
 seed_attrs = ["pid", "ppid", "exe", "cmdline", "cwd", "username"]
 
 
@@ -133,8 +137,10 @@ def lock(fd, wait: bool = True):
     """An exclusive lock on one byte past the data (msvcrt.locking is mandatory locking: a locked
     byte inside the file would fail other readers); dropped when the handle closes. OSError when
     another holds it and `wait` is false (with `wait`, msvcrt retries for 10 s)."""
-    import msvcrt
-
+    try:
+        import msvcrt
+    except ImportError:  # not Windows (a test forcing this backend): as a filesystem without locks
+        raise OSError(errno.ENOLCK, "byte-range locks need Windows' msvcrt") from None
     fd = fd if isinstance(fd, int) else fd.fileno()
     pos = os.lseek(fd, 0, os.SEEK_CUR)
     os.lseek(fd, _LOCK_OFFSET, os.SEEK_SET)
@@ -142,3 +148,12 @@ def lock(fd, wait: bool = True):
         msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
     finally:
         os.lseek(fd, pos, os.SEEK_SET)
+
+
+# what the store adds to every os.open: binary (the C runtime's default text mode would write
+# CRLF) and not inherited (O_CLOEXEC's equivalent)
+OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0)  # absent off Windows (tests)
+
+
+def fsync_dir(path):
+    """Nothing to do: os.open cannot open a directory here, and NTFS journals the rename."""

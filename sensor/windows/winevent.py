@@ -105,3 +105,28 @@ def from_event_xml(xml: str) -> WinEvent:
                     version=int(system.findtext(f"{_NS}Version") or 0), channel=system.findtext(f"{_NS}Channel"),
                     record_id=int(system.findtext(f"{_NS}EventRecordID") or 0),
                     computer=system.findtext(f"{_NS}Computer"))
+
+
+def winlog_of(ev: WinEvent) -> dict:
+    """`winlog` of what an Event Log record became (winlogbeat's names); `sensor hunt` and the
+    live Event Log source give every such event this object."""
+    return {"channel": ev.channel, "event_id": ev.event_id, "record_id": ev.record_id, "provider_name": ev.provider,
+            "computer_name": ev.computer}
+
+
+def events_of(ev: WinEvent, mapper, table) -> list[dict]:
+    """The finished events of one Event Log record: mapped, records through the process cache
+    `table`, each with event.module and winlog (the record's own fields as winlog.event_data); a
+    record no definition maps stays one event of its own, for service rules."""
+    from .mappers import module_of
+
+    out = [item if isinstance(item, dict) else table.handle(item) for item in mapper.map(ev)]
+    out = [e for e in out if e is not None]
+    if mapper.definition(ev) is None:
+        out.append({"event": {"kind": "event", "dataset": "winlog", "code": str(ev.event_id)}})
+    module = module_of(ev)
+    for event in out:
+        event["event"]["module"] = module
+        event["winlog"] = {**winlog_of(ev), "event_data": ev.data}
+    return out
+
