@@ -17,5 +17,11 @@ def test_wheel_carries_bpf_objects_and_console_script(tmp_path):
         # an ELF eBPF object with its BTF, which CO-RE relocation needs at load time
         obj = z.read("sensor/bpf/process.bpf.o")
         assert obj[:4] == b"\x7fELF" and b".BTF" in obj
+        # the ETW definitions, where sensor/windows/providers.py looks in an installed package
+        etw = sorted(p.name for p in (ROOT / "etw").glob("*.yaml"))
+        assert etw and {f"sensor/data/etw/{n}" for n in etw} <= names, sorted(n for n in names if "etw" in n)
+        (meta,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = z.read(meta).decode()
+        assert "Provides-Extra: windows" in metadata and "pywintrace @ git+" in metadata
         (entry,) = [n for n in names if n.endswith("entry_points.txt")]
         assert "sensor = sensor.cli:main" in z.read(entry).decode()

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
+from importlib.resources import files
 from pathlib import Path
 
 import yaml
 
-_PACKAGE = Path(__file__).resolve().parent.parent
-# a source tree keeps them in the top-level etw/ (as bpf/ beside sensor/); a wheel in sensor/data/etw
-DIRS = (_PACKAGE.parent / "etw", _PACKAGE / "data" / "etw")
+# a source tree keeps them in the top-level etw/ (as bpf/ beside sensor/); setup.py copies them into
+# the wheel as package data, sensor/data/etw
+DIRS = (Path(__file__).resolve().parent.parent.parent / "etw", files("sensor") / "data" / "etw")
 
 # record kind -> the record fields a definition may fill (the mappers' vocabulary)
 RECORD_FIELDS = {
@@ -61,7 +62,7 @@ class Provider:
         return mask
 
 
-def _provider(path: Path) -> Provider:
+def _provider(path) -> Provider:
     d = yaml.safe_load(path.read_text())
     events = {}
     for eid, e in (d.get("events") or {}).items():
@@ -78,7 +79,8 @@ def load() -> dict[str, Provider]:
     """Every definition, by provider name."""
     for d in DIRS:
         if d.is_dir():
-            return {p.name: p for p in map(_provider, sorted(d.glob("*.yaml")))}
+            return {p.name: p for p in map(_provider, sorted((f for f in d.iterdir() if f.name.endswith(".yaml")),
+                                                             key=lambda f: f.name))}
     raise FileNotFoundError(f"ETW definitions not found in {' or '.join(map(str, DIRS))}")
 
 
