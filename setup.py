@@ -6,6 +6,7 @@ never clang or kernel headers.
 """
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -15,7 +16,7 @@ from setuptools.command.build_py import build_py
 class BuildWithBpf(build_py):
     def run(self):
         root = Path(__file__).parent
-        if (root / "bpf").is_dir():
+        if (root / "bpf").is_dir() and sys.platform.startswith("linux"):  # eBPF objects: Linux's only
             subprocess.run(["make", "-C", str(root), "bpf"], check=True)
         super().run()
         target = Path(self.build_lib) / "sensor" / "data" / "etw"  # read by sensor/windows/providers.py
