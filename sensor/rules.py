@@ -50,6 +50,7 @@ FIELDS = {
                        "SourceUser": "user.name", "TargetImage": "target.process.executable",
                        "TargetProcessId": "target.process.pid", "GrantedAccess": "security.ptrace_request"},
 }
+_YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the same documents, parsed in C where libyaml is built in
 SEVERITY = {"informational": 1, "low": 21, "medium": 47, "high": 73, "critical": 99}
 
 
@@ -130,6 +131,20 @@ class Report:
     invalid: bool = False  # the rule is wrong (not just beyond this sensor): `sensor run` refuses it
 
 
+class _Lazy:
+    """A glob's regex, compiled on first use: the index spares most rules any evaluation, and
+    compiling every SigmaHQ Windows rule's took a third of loading them. Built from re.escape'd
+    parts, so it cannot fail later."""
+
+    def __init__(self, pattern: str, flags: int):
+        self._args = (pattern, flags)
+
+    def __getattr__(self, name):  # the first use only: then the compiled methods are attributes
+        rx = re.compile(*self._args)
+        self.fullmatch, self.search = rx.fullmatch, rx.search
+        return getattr(rx, name)
+
+
 def _string(v: st.SigmaString, anywhere: bool = False) -> Callable[[object], bool]:
     """Glob match of the whole value; `anywhere` (keywords: a free-text search) finds it inside."""
     cased = type(v).__name__ == "SigmaCasedString"
@@ -149,7 +164,7 @@ def _string(v: st.SigmaString, anywhere: bool = False) -> Callable[[object], boo
         if anywhere:
             return lambda x: want in (str(x) if cased else str(x).lower())
         return lambda x: (str(x) if cased else str(x).lower()) == want
-    rx = re.compile("".join(parts), re.DOTALL | (0 if cased else re.IGNORECASE))
+    rx = _Lazy("".join(parts), re.DOTALL | (0 if cased else re.IGNORECASE))
     if anywhere:
         return lambda x: rx.search(str(x)) is not None
     return lambda x: rx.fullmatch(str(x)) is not None
@@ -268,7 +283,7 @@ def _merged(args, fields: dict) -> list[Callable]:
             out.append(_compile(sc.ConditionFieldEqualsValueExpression(name, values[0]), fields))
             continue
         getter = _field(name, fields)
-        rx = re.compile("|".join(f"(?:{_glob(v)})" for v in values), re.DOTALL | re.IGNORECASE)
+        rx = _Lazy("|".join(f"(?:{_glob(v)})" for v in values), re.DOTALL | re.IGNORECASE)
 
         def match(e, getter=getter, rx=rx):
             x = getter(e)
@@ -333,7 +348,9 @@ class RuleSet:
         rules, reports = [], []
         for path in _files(paths):
             try:
-                collection = SigmaCollection.from_yaml(path.read_text(), collect_errors=True)
+                # libyaml, not pySigma's from_yaml (pure-Python PyYAML): 10x faster on SigmaHQ's 2,400 files
+                docs = list(yaml.load_all(path.read_text(), Loader=_YAML))
+                collection = SigmaCollection.from_dicts(docs, collect_errors=True)
             except yaml.YAMLError as exc:
                 mark = getattr(exc, "problem_mark", None)
                 where = f" at line {mark.line + 1}" if mark else ""
