@@ -102,6 +102,13 @@ class Listener:
                         pass
 
 
+def free_port() -> int:
+    """A port nothing listens on now (the kernel's pick), for the web server run to bind."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def record(root: Path) -> tuple[list[Path], list[Path]]:
     w = root / "work"
     (w / "src").mkdir(parents=True)
@@ -114,7 +121,7 @@ def record(root: Path) -> tuple[list[Path], list[Path]]:
     for i in range(5):
         for kind, script in NORMAL.items():
             out = root / f"normal_{kind}_{i}"
-            trace(out, "normal", script.format(w=w, port=18080 + i))
+            trace(out, "normal", script.format(w=w, port=free_port()))
             normal.append(out)
     listener = Listener(root / "www")
     lib = next(p for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1") if Path(p).exists())
@@ -144,7 +151,7 @@ def main():
         attack = [r for r in runs if r.kind == "attack"]
         results = {}
         for method in ("stide", "ngram-freq", "iforest"):
-            aucs, dets, trains, flagged = [], [], [], []
+            aucs, dets, trains, flagged, max_aucs = [], [], [], [], []
             params = models.check_params(method, None, None)
             for seed in range(SPLITS):
                 order = normal[:]
@@ -158,11 +165,12 @@ def main():
                 y = np.array([r["label"] != "normal" for r in scored])
                 s = np.array([r["score"] for r in scored])
                 aucs.append(roc_auc_score(y, s))
+                max_aucs.append(roc_auc_score(y, [r["max_process_score"] for r in scored]))
                 dets.append(detection_at(y, s))
                 flagged.append((sum(r["anomalous"] for r in scored if r["label"] == "normal"),
                                 sum(r["anomalous"] for r in scored if r["label"] != "normal")))
             results[method] = (np.mean(aucs), np.min(aucs), np.mean(dets), np.mean(trains),
-                               np.mean([f[0] for f in flagged]), np.mean([f[1] for f in flagged]))
+                               np.mean([f[0] for f in flagged]), np.mean([f[1] for f in flagged]), np.mean(max_aucs))
         write_doc(results, len(normal), len(attack), recorded, sum(len(r.processes) for r in runs),
                   sum(len(p.calls) for r in runs for p in r.processes))
     finally:
@@ -171,13 +179,14 @@ def main():
 
 def write_doc(results, n_normal, n_attack, recorded, procs, calls):
     rows = "\n".join(f"| {m} | {auc:.3f} | {low:.3f} | {det:.0%} | {fp:.1f} of {n_normal - TRAIN} | "
-                     f"{tp:.1f} of {n_attack} | {t:.1f} s |"
-                     for m, (auc, low, det, t, fp, tp) in results.items())
+                     f"{tp:.1f} of {n_attack} | {t:.1f} s | {mx:.3f} |"
+                     for m, (auc, low, det, t, fp, tp, mx) in results.items())
     table = (f"Measured by `bench/ml.py` on this machine ({n_normal} normal and {n_attack} attack-like runs, "
              f"{procs:,} processes, {calls:,} calls, recorded in {recorded:.0f} s); {SPLITS} random splits: "
              f"{TRAIN} normal runs to train, the other {n_normal - TRAIN} and every attack run to score.\n\n"
              "| method | AUC (mean) | AUC (worst split) | detection at 1 % FP | normal runs over the model's threshold "
-             "| attack runs over it | training (with threshold) |\n| --- | --- | --- | --- | --- | --- | --- |\n"
+             "| attack runs over it | training (with threshold) | AUC of the runs' highest process score |\n"
+             "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
              + rows + "\n")
     doc = ROOT / "docs" / "ml.md"
     text = doc.read_text()

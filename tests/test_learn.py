@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import ROOT
 from learn_traces import record, sensor
 
 TRAIN, HELD = 6, 3
@@ -165,3 +168,23 @@ def test_features_table_and_report(runs, tmp_path):
     assert db.execute(f"select sum(calls) from '{win}'").fetchone()[0] == total
     r = sensor("features", str(srcs[0]))
     assert r.returncode == 2 and "nothing to do" in r.stderr
+
+
+def without_sklearn(*args) -> subprocess.CompletedProcess:
+    """The sensor command in a Python where `import sklearn` fails, as where it is not installed."""
+    code = "import sys; sys.modules['sklearn'] = None; from sensor.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_without_scikit_learn_report_degrades_and_iforest_says_what_is_missing(runs, tmp_path):
+    srcs = [str(runs["normal0"]), str(runs["normal1"]), str(runs["revshell"])]
+    r = without_sklearn("features", *srcs, "--report", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["mutual_information"] is None and "scikit-learn" in rep["missing"] and rep["variance"]
+    r = without_sklearn("features", *srcs, "--report")
+    assert r.returncode == 0 and "not computed: needs scikit-learn" in r.stdout, r.stderr
+    r = without_sklearn("model", "train", *srcs, "-o", str(tmp_path / "m.json"), "--method", "iforest")
+    assert r.returncode == 2 and "needs scikit-learn" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr

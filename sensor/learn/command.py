@@ -21,7 +21,8 @@ def add_arguments(sub) -> None:
     tr.add_argument("--frame", type=int, help="windows per locality frame (stide 20, ngram-freq 10)")
     tr.add_argument("--quantile", type=float, default=0.99,
                     help="threshold: this quantile of held-out normal process scores (0.99)")
-    sc = msub.add_parser("score", help="score each run and process under DIR...: higher is more anomalous")
+    sc = msub.add_parser("score", help="score each run (-log10 p, docs/ml.md) and process under DIR...: "
+                         "higher is more anomalous")
     sc.add_argument("model", metavar="MODEL")
     sc.add_argument("paths", nargs="+", metavar="DIR")
     sc.add_argument("--json", action="store_true", help="one JSON object per run")
@@ -81,11 +82,13 @@ def _score(args) -> int:
             out.write(orjson.dumps(r).decode() + "\n")
             continue
         flag = "ANOMALOUS" if r["anomalous"] else "normal"
-        out.write(f"{r['score']:.4f}  {flag:<9}  {r['label']:<20}  {r['source']}\n")
+        out.write(f"{r['score']:.4f}  {flag:<9}  {r['label']:<20}  {r['source']}  (highest process "
+                  f"{r['max_process_score']:.4f})\n")
         for p in r["processes"][:3]:
             why = "; ".join(" ".join(t["sequence"]) if "sequence" in t else f"{t['feature']}={t['value']:.4g}"
                             for t in p["top"][:2])
-            out.write(f"    {p['score']:.4f}  {p['name']}[{p['process']}]  {why}\n")
+            new = "" if p["program_seen"] else " (a program training never ran)"
+            out.write(f"    {p['score']:.4f}  {p['name']}[{p['process']}]{new}  {why}\n")
     flagged = sum(r["anomalous"] for r in results)
     print(f"sensor model: {len(results)} runs scored with {doc['method']}, {flagged} above the threshold "
           f"{doc['threshold']:.4g}", file=sys.stderr)
