@@ -29,15 +29,12 @@ def _kernel32_clock():
                       ("kernel32", "QueryUnbiasedInterruptTime")):
         try:
             return getattr(getattr(ctypes.windll, dll), name)
-        except AttributeError:  # not exported by this DLL / this Windows
+        except (AttributeError, OSError):  # not exported by this DLL / this Windows, or not Windows
             continue
     return None
 
 
-try:
-    _QUERY = _kernel32_clock()
-except (ImportError, OSError, AttributeError):  # ctypes.windll: Windows only
-    _QUERY = None
+_QUERY = _kernel32_clock()
 
 
 def boot_ns() -> int:
