@@ -31,6 +31,10 @@ def network_event(r: NetActivity, table) -> dict:
     if ingress is None:
         ingress = r.inbound if r.op == "close" else False
     local, remote = _endpoint(r.local), _endpoint(r.remote)
+    if r.local_domain:
+        local["domain"] = r.local_domain
+    if r.remote_domain:
+        remote["domain"] = r.remote_domain
     network = {"transport": r.transport, "type": "ipv6" if ":" in r.local[0] else "ipv4",
                "direction": "ingress" if ingress else "egress", "netns": r.netns}
     event = {"event": {"kind": "event", "category": ["network"], "type": types, "action": r.op,

@@ -130,6 +130,8 @@ class NetActivity(NamedTuple):
     payload: bytes = b""  # DNS messages (UDP port 53)
     payload_cut: bool = False
     comm: bytes = b""
+    local_domain: str | None = None  # host names the record gives (Sysmon 3), not looked up
+    remote_domain: str | None = None
 
 
 class SecurityCall(NamedTuple):

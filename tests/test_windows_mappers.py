@@ -104,12 +104,14 @@ def test_sysmon_and_security_process_creation_fill_the_linux_fields():
     assert p["command_line"] == "powershell.exe -nop -w hidden -enc SQBFAFgA"
     assert p["parent"]["executable"].endswith("\\WINWORD.EXE") and "invoice.docm" in p["parent"]["command_line"]
     assert p["pe"]["original_file_name"] == "PowerShell.EXE" and p["hash"]["sha256"].startswith("9f914d42")
-    assert p["working_directory"] == "C:\\Users\\alice\\" and ps["user"] == {"name": "alice", "domain": "CORP"}
+    assert p["working_directory"] == "C:\\Users\\alice\\" and ps["user"] == {"name": "alice", "domain": "CORP",
+                                                                          "qualified_name": "CORP\\alice"}
     who = next(e for e in out if e["event"]["action"] == "exec" and e["process"]["pid"] == 0x1F2C)
     assert who["process"]["parent"]["pid"] == 0x17E8 and who["process"]["parent"]["entity_id"] == p["entity_id"]
     assert who["user"]["id"] == "S-1-5-21-1004336348-1177238915-682003330-1001"
     conn = next(e for e in out if e["event"]["dataset"] == "network" and e["process"]["pid"] == 6120)
-    assert conn["destination"] == {"ip": "203.0.113.9", "port": 4444} and conn["network"]["direction"] == "egress"
+    assert conn["destination"] == {"ip": "203.0.113.9", "port": 4444, "domain": "c2.example.net"}
+    assert conn["source"]["domain"] == "WKS-7.corp.example" and conn["network"]["direction"] == "egress"
     dns = next(e for e in out if e["event"]["dataset"] == "network.dns" and e["process"]["pid"] == 6120)
     assert dns["dns"]["question"]["name"] == "pastebin.com" and dns["dns"]["resolved_ip"] == ["104.20.67.143", "104.20.68.143"]
     nx = next(e for e in out if e["event"]["dataset"] == "network.dns" and e["dns"]["question"]["name"] == "nx.example.com")
@@ -153,3 +155,71 @@ def test_a_live_event_log_record_maps_as_its_evtx_twin():
     inventory["event"]["module"] = "security"
     assert out == [inventory]
     assert out[0]["user"]["name"] == "Administrator" and out[0]["event"]["reason"] == "wrong password"
+
+
+SIGMA = Path(__file__).resolve().parents[2] / "shared" / "sigma" / "rules" / "windows"
+# (SigmaHQ rule, the recorded event it must match, what makes that event innocent)
+SIGMA_CASES = [
+    ("image_load/image_load_dll_dbghelp_dbgcore_unsigned_load.yml", 7,
+     {"ImageLoaded": "C:\\Windows\\System32\\dbghelp.dll", "Signed": "true"}),
+    ("driver_load/driver_load_win_susp_temp_use.yml", 6, {"ImageLoaded": "C:\\Windows\\System32\\drivers\\gdrv.sys"}),
+    ("driver_load/driver_load_win_vuln_drivers.yml", 6, {"Hashes": "SHA256=" + "0" * 64}),  # Sysmon's Hashes, split
+    ("process_access/proc_access_win_lsass_memdump.yml", 10, {"SourceUser": "NT AUTHORITY\\SYSTEM"}),
+    ("create_remote_thread/create_remote_thread_win_powershell_lsass.yml", 8,
+     {"TargetImage": "C:\\Windows\\System32\\notepad.exe"}),
+    ("raw_access_thread/raw_access_thread_susp_disk_access_using_uncommon_tools.yml", 9,
+     {"Image": "C:\\Windows\\System32\\svchost.exe"}),
+    ("pipe_created/pipe_created_pua_paexec_default_pipe.yml", 17, {"PipeName": "\\mojo.7812.1"}),
+    ("powershell/powershell_script/posh_ps_potential_invoke_mimikatz.yml", 4104, {"ScriptBlockText": "Get-ChildItem C:\\"}),
+    ("powershell/powershell_module/posh_pm_bad_opsec_artifacts.yml", 4103, {"Payload": "CommandInvocation(Get-Date)"}),
+    ("file/file_delete/file_delete_win_delete_backup_file.yml", 23, {"TargetFilename": "D:\\backup\\payroll.docx"}),
+    ("network_connection/net_connection_win_domain_btunnels.yml", 3, {"DestinationHostname": "btunnel.co.in.example"}),
+]
+
+
+def _hunted(rules, event_id, changes=None, guilty=None):
+    """The rules matching the events the recorded record `event_id` makes (after the Sysmon
+    process start its process comes from), with `changes` to its fields."""
+    events = recorded()
+    start = next(e for e in events if e.provider == "Microsoft-Windows-Sysmon" and e.event_id == 1)
+    ev = next(e for e in events if e.event_id == event_id and e.channel is not None)
+    if guilty:
+        ev = ev._replace(data={**ev.data, **guilty})
+    if changes:
+        ev = ev._replace(data={**ev.data, **changes})
+    out, _ = run([start, ev])
+    return {r.title for e in out[1:] for r in rules.match(e)}
+
+
+def test_sigmahq_rules_of_each_new_category_match_the_recorded_event_and_not_an_innocent_one():
+    from sensor.windows.sigma import WindowsRuleSet
+
+    for path, event_id, innocent in SIGMA_CASES:
+        rules = WindowsRuleSet.load([SIGMA / path])
+        assert [r.status for r in rules.reports] == ["ok"], (path, rules.reports)
+        title = rules.rules[0].title
+        guilty = {"DestinationHostname": "relay.btunnel.co.in"} if event_id == 3 else None
+        assert _hunted(rules, event_id, guilty=guilty) == {title}, path
+        assert _hunted(rules, event_id, {**(guilty or {}), **innocent}) == set(), path
+
+
+def test_sigma_user_matches_domain_and_name_whole_on_sysmon_and_security():
+    """SigmaHQ writes `User|contains: AUTHORI` for SYSTEM; Sysmon writes `NT AUTHORITY\\SYSTEM`,
+    Security the name and the domain apart: both become user.name + user.domain, and both match."""
+    from sensor.windows.sigma import WindowsRuleSet
+
+    rules = WindowsRuleSet.load([SIGMA / "process_creation/proc_creation_win_taskmgr_localsystem.yml"])
+    events = recorded()
+    sysmon = next(e for e in events if e.provider == "Microsoft-Windows-Sysmon" and e.event_id == 1)
+    security = next(e for e in events if e.event_id == 4688)
+    taskmgr = "C:\\Windows\\System32\\Taskmgr.exe"
+    cases = [(sysmon, {"Image": taskmgr, "User": "NT AUTHORITY\\SYSTEM"}, True),
+             (sysmon, {"Image": taskmgr, "User": "CORP\\alice"}, False),
+             (security, {"NewProcessName": taskmgr, "SubjectUserName": "SYSTEM", "SubjectDomainName": "NT AUTHORITY"}, True),
+             (security, {"NewProcessName": taskmgr}, False)]
+    for ev, data, hit in cases:
+        out, _ = run([ev._replace(data={**ev.data, **data})])
+        start = next(e for e in out if e["event"]["action"] == "exec")
+        if hit:
+            assert start["user"]["name"] == "SYSTEM" and start["user"]["domain"] == "NT AUTHORITY"
+        assert bool(rules.match(start)) == hit, (ev.event_id, data)

@@ -1,6 +1,7 @@
 """Windows events (ETW, Event Log, .evtx) into the records and events Linux makes, through the
 same builders: process starts and ends through the process cache, file events through
-sensor.files, connections through sensor.network. Which field fills what: etw/*.yaml."""
+sensor.files, connections through sensor.network, the kinds Linux has no record for through
+sensor.windows.activity. Which field fills what: etw/*.yaml."""
 from __future__ import annotations
 
 import ipaddress
@@ -11,6 +12,8 @@ from collections import OrderedDict
 from ..processes import Proc, ProcessTable
 from ..schema import rfc3339
 from ..records import DnsLookup, FileActivity, NetActivity, ProcessExec, ProcessExit, RegistryChange
+from . import activity
+from .fields import ABSENT as _ABSENT, account, hashes, module_of, number as _int  # noqa: F401 (module_of: API)
 from .paths import Drives, registry_path
 from .providers import EventDef, load
 from .winevent import WinEvent, time_ns
@@ -24,21 +27,7 @@ REG_TYPES = {0: "REG_NONE", 1: "REG_SZ", 2: "REG_EXPAND_SZ", 3: "REG_BINARY", 4:
 # Sysmon 12's EventType -> our op
 SYSMON_REGISTRY = {"CreateKey": "create-key", "DeleteKey": "delete-key", "DeleteValue": "delete-value",
                    "SetValue": "set-value"}
-_ABSENT = (None, "", "-")
 SERVICE_START_TYPES = {"0": "boot start", "1": "system start", "2": "auto start", "3": "demand start", "4": "disabled"}
-
-
-def _int(v) -> int | None:
-    """An id as TDH or the Event Log gives it: an int, decimal digits, or hex (`0x1a4`)."""
-    if v in _ABSENT:
-        return None
-    if isinstance(v, int):
-        return v
-    s = str(v).strip()
-    try:
-        return int(s, 16) if s[:2].lower() == "0x" else int(s)
-    except ValueError:
-        return None
 
 
 def _b(s: str | None) -> bytes | None:
@@ -80,12 +69,7 @@ def split_command_line(cmd: str) -> list[str]:
 
 
 def _account(v: dict) -> tuple:
-    """user.* pairs from a SID, a name and a domain, or Sysmon's `DOMAIN\\name`."""
-    name, domain = v.get("user"), v.get("domain")
-    if name and "\\" in name and not domain:
-        domain, name = name.split("\\", 1)
-    return tuple((k, x) for k, x in (("id", v.get("user_sid")), ("name", name), ("domain", domain))
-                 if x not in _ABSENT)
+    return account(v.get("user_sid"), v.get("user"), v.get("domain"))
 
 
 class Mapper:
@@ -131,9 +115,9 @@ class Mapper:
 
     # what a process looks like to the cache before its own start was seen
     def known(self, pid: int | None, image: str | None, command_line: str | None = None,
-              start_ns: int = 0) -> Proc | None:
+              start_ns: int = 0, user: tuple = ()) -> Proc | None:
         """The cached process `pid`, created from what an event says of it when the cache has
-        none (a Sysmon parent, the actor of a file event): rules read its image."""
+        none (a Sysmon parent, the actor of a file event): rules read its image and user."""
         if pid is None or self.table is None:
             return None
         proc = self.table.live.get(pid)
@@ -141,6 +125,8 @@ class Mapper:
             proc = Proc(pid, start_ns, self.table.host.entity_id(pid, start_ns))
             cmd = command_line or image
             proc.set_image(image, split_command_line(cmd), None, command_line=cmd)
+            if user:
+                proc.account = dict(user)
             self.table.live[pid] = proc
         return proc
 
@@ -151,8 +137,31 @@ class Mapper:
     def _actor(self, ev: WinEvent, v: dict) -> tuple[int, bytes]:
         pid = self._pid(ev, v)
         image = self.drives.path(v.get("image"))
-        self.known(pid, image)
+        self.known(pid, image, user=_account(v))
         return pid, _b(ntpath.basename(image))[:15] if image else b""
+
+    def actor(self, ev: WinEvent, v: dict) -> dict:
+        """`process`, `user` of the process an event names, for events built here: the cache's
+        view where this mapper has the cache (hunt), else what the event says (live)."""
+        pid, comm = self._actor(ev, v)
+        tid = _int(v.get("tid")) or (ev.tid if pid == ev.pid else 0)
+        return self.process(pid, self.drives.path(v.get("image")), _account(v), tid, comm)
+
+    def process(self, pid: int | None, image: str | None, user: tuple, tid: int = 0, comm: bytes = b"") -> dict:
+        if pid is None:
+            return {}
+        if self.table is not None:
+            self.known(pid, image, user=user)
+            out = self.table.actor(pid, None, tid, comm or (_b(ntpath.basename(image))[:15] if image else b""))
+            parent = self.table.live.get(out["process"].get("parent", {}).get("pid"))
+            if parent is not None and parent.executable:  # SigmaHQ's SourceParentImage
+                out["process"]["parent"]["executable"] = parent.executable
+            if user:  # the event's own word on its actor's account (Sysmon's User, SourceUser)
+                out["user"] = dict(user)
+            return out
+        process = {"pid": pid, **({"executable": image, "name": ntpath.basename(image)} if image else {}),
+                   **({"thread": {"id": tid}} if tid else {})}
+        return {"process": process, "user": dict(user)}
 
 
 def _process_start(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
@@ -174,10 +183,7 @@ def _process_start(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
     info = tuple((k, x) for k, x in (("pe.original_file_name", v.get("original_file_name")),
                                      ("pe.product", v.get("product")), ("pe.company", v.get("company")),
                                      ("pe.description", v.get("description"))) if x not in _ABSENT)
-    for pair in (v.get("hashes") or "").split(","):  # Sysmon: SHA1=..,MD5=..,SHA256=..,IMPHASH=..
-        algo, _, digest = pair.partition("=")
-        if digest:
-            info += (("pe.imphash" if algo.upper() == "IMPHASH" else f"hash.{algo.lower()}", digest.lower()),)
+    info += tuple((f"{k}.{algo}", digest) for k, sub in hashes(v.get("hashes")).items() for algo, digest in sub.items())
     exe = _b(image) or b""
     fields = dict(ts_ns=ev.ts_ns, pid=pid, tid=ev.tid if ev.pid == pid else 0, ppid=ppid, start_ns=start,
                   parent_start_ns=0, uid=None, gid=None, euid=None, egid=None, argc=len(args),
@@ -258,7 +264,8 @@ def _network(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
     transport = str(v.get("transport") or d.extra.get("transport") or "tcp").lower()
     return [NetActivity(ev.ts_ns, pid, ev.tid if pid == ev.pid else 0, None, op, transport, local, remote,
                         bytes_sent=size if op == "udp-send" else 0, bytes_received=size if op == "udp-receive" else 0,
-                        inbound=op in ("accept", "udp-receive"), comm=comm)]
+                        inbound=op in ("accept", "udp-receive"), comm=comm,
+                        local_domain=v.get("shost"), remote_domain=v.get("dhost"))]
 
 
 def _dns(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
@@ -317,11 +324,4 @@ def _service_install(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
 
 MAPPERS = {"process_start": _process_start, "process_command_line": _process_command_line,
            "process_end": _process_end, "file": _file, "network": _network, "dns": _dns, "registry": _registry,
-           "logon": _logon, "service_install": _service_install}
-
-MODULES = {"microsoft-windows-sysmon/operational": "sysmon", "security": "security", "system": "system"}
-
-
-def module_of(ev: WinEvent) -> str:
-    """event.module of what an event became: its Event Log channel's (as winlogbeat names them), or etw."""
-    return MODULES.get((ev.channel or "").lower(), "winlog") if ev.channel else "etw"
+           "logon": _logon, "service_install": _service_install, **activity.BUILDERS}

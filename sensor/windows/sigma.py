@@ -8,17 +8,40 @@ from dataclasses import replace
 from sigma.processing.conditions import ExcludeFieldCondition, IncludeFieldCondition, LogsourceCondition
 from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import (AddConditionTransformation, AddFieldnamePrefixTransformation,
-                                              FieldMappingTransformation)
+                                              FieldMappingTransformation, HashesFieldsDetectionItemTransformation)
 from sigma import conditions as sc
 from sigma import types as st
 from sigma.rule import SigmaDetection, SigmaRule
 
 from ..rules import RuleSet, Unsupported, category_of, compile_rule
+from .activity import CATEGORIES as ACTIVITY
 from .providers import load
 
-_ACTOR = {"Image": "process.executable", "CommandLine": "process.command_line", "User": "user.name",
+# User: the whole `DOMAIN\name`, as SigmaHQ matches it (`contains: AUTHORI`); user.name is the name alone
+_ACTOR = {"Image": "process.executable", "CommandLine": "process.command_line", "User": "user.qualified_name",
           "ProcessId": "process.pid", "ParentImage": "process.parent.executable",
           "ParentCommandLine": "process.parent.command_line"}
+# one process acting on another (Sysmon 8, 10): Source* is the actor, Target* the target
+_ACCESS = {"SourceImage": "process.executable", "SourceProcessId": "process.pid", "SourceUser": "user.qualified_name",
+           "SourceCommandLine": "process.command_line", "SourceParentImage": "process.parent.executable",
+           "TargetImage": "target.process.executable", "TargetProcessId": "target.process.pid",
+           "TargetUser": "target.user.qualified_name", "TargetParentProcessId": "target.process.parent.pid"}
+
+
+def _image(prefix: str) -> dict:
+    """A loaded image's fields (Sysmon 6, 7) under dll.* or file.*."""
+    return {"ImageLoaded": f"{prefix}.path", "Signed": f"{prefix}.code_signature.exists",
+            "Signature": f"{prefix}.code_signature.subject_name", "SignatureStatus": f"{prefix}.code_signature.status",
+            "OriginalFileName": f"{prefix}.pe.original_file_name", "Description": f"{prefix}.pe.description",
+            "Product": f"{prefix}.pe.product", "Company": f"{prefix}.pe.company",
+            "FileVersion": f"{prefix}.pe.file_version", **_hashes(prefix)}
+
+
+def _hashes(prefix: str) -> dict:
+    """The fields pySigma's Hashes transformation makes (`Hashes|contains: 'MD5=..'` -> HashMD5: ..)."""
+    return {**{f"Hash{a}": f"{prefix}.hash.{a.lower()}" for a in ("MD5", "SHA1", "SHA256")},
+            "HashIMPHASH": f"{prefix}.pe.imphash"}
+
 _NET = {"DestinationIp": "destination.ip", "DestinationPort": "destination.port", "SourceIp": "source.ip",
         "SourcePort": "source.port", "DestinationHostname": "destination.domain", "Protocol": "network.transport"}
 _REGISTRY = {**_ACTOR, "TargetObject": "registry.path", "Details": "registry.data.strings"}
@@ -27,7 +50,7 @@ CATEGORIES = {
     "process_creation": ({**_ACTOR, "CurrentDirectory": "process.working_directory",
                           "OriginalFileName": "process.pe.original_file_name", "Description": "process.pe.description",
                           "Product": "process.pe.product", "Company": "process.pe.company",
-                          "ParentProcessId": "process.parent.pid"}, "process_start"),
+                          "ParentProcessId": "process.parent.pid", **_hashes("process")}, "process_start"),
     "file_event": ({**_ACTOR, "TargetFilename": "file.path"}, "file"),
     "file_delete": ({**_ACTOR, "TargetFilename": "file.path"}, "file"),
     "file_rename": ({**_ACTOR, "TargetFilename": "file.path", "SourceFilename": "file.original.path"}, "file"),
@@ -35,7 +58,22 @@ CATEGORIES = {
     "dns_query": ({**_ACTOR, "QueryName": "dns.question.name"}, "dns"),
     "registry_event": (_REGISTRY, "registry"), "registry_add": (_REGISTRY, "registry"),
     "registry_delete": (_REGISTRY, "registry"), "registry_set": (_REGISTRY, "registry"),
+    "image_load": ({**_ACTOR, **_image("dll")}, "image_load"),
+    "driver_load": (_image("file"), "driver_load"),
+    "process_access": ({**_ACCESS, "GrantedAccess": "security.granted_access", "CallTrace": "security.call_trace",
+                        "SourceThreadId": "process.thread.id"}, "process_access"),
+    "create_remote_thread": ({**_ACCESS, "StartAddress": "security.start_address",
+                              "StartModule": "security.start_module", "StartFunction": "security.start_function",
+                              "NewThreadId": "target.process.thread.id"}, "process_access"),
+    "raw_access_thread": ({**_ACTOR, "Device": "file.device"}, "raw_access"),
+    "pipe_created": ({**_ACTOR, "PipeName": "file.name"}, "pipe"),
+    "ps_script": ({"ScriptBlockText": "powershell.file.script_block_text",
+                   "ScriptBlockId": "powershell.file.script_block_id", "Path": "file.path",
+                   "MessageNumber": "powershell.sequence", "MessageTotal": "powershell.total"}, "ps_script"),
+    "ps_module": ({"Payload": "powershell.payload", "ContextInfo": "powershell.context_info"}, "ps_module"),
 }
+# where a rule names Sysmon's Hashes, it is split into one field per algorithm (see _hashes)
+HASHED = {"process_creation", "image_load", "driver_load"}
 # the registry categories are one category of events here, told apart by what was done
 REGISTRY_ACTIONS = {"registry_add": ["create-key"], "registry_delete": ["delete-key", "delete-value"],
                     "registry_set": ["set-value"]}
@@ -76,7 +114,11 @@ def pipeline() -> ProcessingPipeline:
     for cat, (mapping, record) in CATEGORIES.items():
         def when(cat=cat):  # a condition object belongs to one item
             return [LogsourceCondition(category=cat, product="windows")]
-        items.append(ProcessingItem(FieldMappingTransformation(mapping), rule_conditions=when(),
+        if cat in HASHED:
+            items.append(ProcessingItem(HashesFieldsDetectionItemTransformation(
+                valid_hash_algos=["MD5", "SHA1", "SHA256", "IMPHASH"], field_prefix="Hash"),
+                rule_conditions=when(), identifier=f"sensor_{cat}_hashes"))
+        items.append(ProcessingItem(FieldMappingTransformation({**mapping, **_WINLOG}), rule_conditions=when(),
                                     identifier=f"sensor_{cat}"))
         raw = sorted(_raw_fields(record) - set(mapping) - {"Initiated"})  # Initiated: read from network.direction
         items.append(ProcessingItem(AddFieldnamePrefixTransformation(EVENT_DATA), rule_conditions=when(),
@@ -170,9 +212,10 @@ class WindowsRuleSet(RuleSet):
 
     @staticmethod
     def category_of(event: dict) -> str | None:
-        if event.get("event", {}).get("dataset") == "registry":
+        ev = event.get("event", {})
+        if ev.get("dataset") == "registry":
             return "registry"
-        return category_of(event)
+        return ACTIVITY.get(ev.get("action")) or category_of(event)
 
     @classmethod
     def load(cls, paths, products=("linux", "windows"), compile=compile_windows) -> "WindowsRuleSet":
