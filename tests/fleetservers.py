@@ -105,8 +105,9 @@ def nats_cluster(directory: Path, size: int = 3) -> list[NatsServer]:
 class Postgres:
     """A throwaway cluster run by the postgres user in a temp dir it owns."""
 
-    def __init__(self):
+    def __init__(self, **settings):
         self.user = pwd.getpwnam("postgres")
+        self.settings = [a for k, v in settings.items() for a in ("-c", f"{k}={v}")]
         self.dir = Path(tempfile.mkdtemp(prefix="sensor-pg-"))
         os.chown(self.dir, self.user.pw_uid, self.user.pw_gid)
         self.data = self.dir / "data"
@@ -130,7 +131,7 @@ class Postgres:
         # postgres itself is the child (not runuser, which would not pass on our signals)
         self.proc = subprocess.Popen([str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port),
                                       "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-                                      "-c", "max_connections=50"], stdout=self.log, stderr=self.log,
+                                      "-c", "max_connections=50", *self.settings], stdout=self.log, stderr=self.log,
                                      user=self.user.pw_uid, group=self.user.pw_gid, extra_groups=[], cwd=self.dir)
 
         def ready():

@@ -7,155 +7,14 @@ import logging
 import signal
 import sys
 import time
-from datetime import datetime, timedelta, timezone
 
-import orjson
-
-from ..errors import SensorError
-from ..schema import parse_time
 from .broker import STREAM, SUBJECTS, BrokerError, BrokerOptions, connect, describe, ensure_stream
-from .pgschema import ensure_partitions, existing_partitions, migrate
+from .pull import Puller
+from .pgwrite import PostgresError, Writer, decode, health_summary, pg_connect  # noqa: F401 (their home once)
 
 log = logging.getLogger("sensor.fleet.collect")
 
 DURABLE = "collect"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_COLUMNS = ("id", "ts", "host_id", "dataset", "kind", "rule_id", "process_entity", "severity", "doc")
-
-
-class PostgresError(SensorError):
-    """PostgreSQL cannot be reached or refuses us."""
-
-    hint = "check --postgres (e.g. postgresql://USER@HOST:5432/DB) and that the server runs"
-
-
-def pg_connect(dsn: str):
-    """A psycopg connection, or a PostgresError naming the server (never the password)."""
-    import psycopg
-    from psycopg.conninfo import conninfo_to_dict
-
-    try:
-        info = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as exc:
-        raise PostgresError(f"--postgres: not a connection string: {str(exc).splitlines()[0]}") from None
-    where = f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
-    try:
-        return psycopg.connect(dsn, connect_timeout=5)
-    except psycopg.Error as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise PostgresError(f"cannot connect to PostgreSQL at {where}: {lines[-1] if lines else exc}") from None
-
-
-def decode(data: bytes):
-    """A message as an `events` row, or None when it is no event (counted as bad)."""
-    try:
-        # jsonb refuses \u0000; orjson writes a NUL that way, so it is stored as the schema's \x00
-        if b"\\u0000" in data:
-            data = data.replace(b"\\u0000", b"\\\\x00")
-        doc = orjson.loads(data)
-        ev = doc["event"]
-        ns = parse_time(doc["@timestamp"])
-        ts = _EPOCH + timedelta(microseconds=ns // 1000)
-        host = doc.get("host") or {}
-        rule, process = doc.get("rule") or {}, doc.get("process") or {}
-        severity = ev.get("severity")
-        return (str(ev["id"]), ts, str(host.get("id") or ""), str(ev.get("dataset") or ""),
-                str(ev.get("kind") or "event"), rule.get("id"), process.get("entity_id"),
-                severity if isinstance(severity, int) else None, data.decode()), doc
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
-        return None
-
-
-def health_summary(h: dict) -> dict:
-    """What the hosts table keeps of a sensor.health event."""
-    sources = h.get("sources") or {}
-    lost = sum((s.get("lost_kernel") or 0) + (s.get("lost_user") or 0) for s in sources.values())
-    lost += (h.get("store") or {}).get("dropped") or 0
-    nats = h.get("nats") or {}
-    lost += nats.get("overflow") or 0
-    return {"lost": lost, "queue": nats.get("queued"), "cpu_percent": h.get("cpu_percent"),
-            "rss_bytes": h.get("rss_bytes")}
-
-
-class Writer:
-    """One PostgreSQL connection; `write` stores a batch in one transaction, idempotently."""
-
-    def __init__(self, dsn: str):
-        self.dsn = dsn
-        self.conn = None
-        self.partitions: set = set()
-        self.stored = self.duplicates = 0
-
-    def connect(self):
-        self.conn = pg_connect(self.dsn)
-        self.conn.autocommit = True
-        migrate(self.conn)
-        self.partitions = existing_partitions(self.conn)
-
-    def close(self):
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-
-    def write(self, rows: list[tuple], docs: list[dict]) -> int:
-        """Stores the rows (duplicates ignored) and updates hosts; returns how many were new."""
-        if self.conn is None or self.conn.closed:
-            self.connect()
-        conn = self.conn
-        try:
-            with conn.transaction():
-                ensure_partitions(conn, {r[1].date() for r in rows}, self.partitions)
-                conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (id text, ts timestamptz, host_id text, "
-                             "dataset text, kind text, rule_id text, process_entity text, severity integer, "
-                             "doc jsonb) ON COMMIT DELETE ROWS")
-                with conn.cursor() as cur:
-                    with cur.copy(f"COPY incoming ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
-                        for r in rows:
-                            copy.write_row(r)
-                    cur.execute(f"INSERT INTO events ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} "
-                                "FROM incoming ON CONFLICT DO NOTHING")
-                    new = cur.rowcount
-                    cur.execute("INSERT INTO alerts (id, ts, host_id, rule_id, rule_name, severity, process_entity, doc) "
-                                "SELECT DISTINCT ON (id) id, ts, host_id, rule_id, doc #>> '{rule,name}', severity, "
-                                "process_entity, doc FROM incoming WHERE kind = 'alert' ON CONFLICT DO NOTHING")
-                self._hosts(conn, rows, docs)
-        except Exception:
-            self.partitions = set()  # a rolled-back partition may be in the cache: reread it
-            raise
-        self.stored += new
-        self.duplicates += len(rows) - new
-        return new
-
-    def _hosts(self, conn, rows, docs):
-        hosts: dict[str, dict] = {}
-        for r, doc in zip(rows, docs):
-            h = hosts.get(r[2])
-            if h is None:
-                host = doc.get("host") or {}
-                os_ = host.get("os") or {}
-                h = hosts[r[2]] = {"name": host.get("name"), "os": os_.get("family") or os_.get("type"),
-                                   "kernel": os_.get("kernel"), "version": (doc.get("agent") or {}).get("version"),
-                                   "first": r[1], "last": r[1], "health": None}
-            h["first"], h["last"] = min(h["first"], r[1]), max(h["last"], r[1])
-            if r[3] == "sensor.health" and (h["health"] is None or r[1] > h["health"][0]):
-                h["health"] = (r[1], (doc.get("sensor") or {}).get("health") or {})
-        for host_id in sorted(hosts):  # one order in every collector: no deadlock between them
-            h = hosts[host_id]
-            conn.execute("INSERT INTO hosts (id, name, os, kernel, version, first_seen, last_seen) "
-                         "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
-                         "name = coalesce(EXCLUDED.name, hosts.name), os = coalesce(EXCLUDED.os, hosts.os), "
-                         "kernel = coalesce(EXCLUDED.kernel, hosts.kernel), "
-                         "version = coalesce(EXCLUDED.version, hosts.version), "
-                         "first_seen = least(hosts.first_seen, EXCLUDED.first_seen), "
-                         "last_seen = greatest(hosts.last_seen, EXCLUDED.last_seen)",
-                         (host_id, h["name"], h["os"], h["kernel"], h["version"], h["first"], h["last"]))
-            if h["health"] is not None:
-                at, health = h["health"]
-                s = health_summary(health)
-                conn.execute("UPDATE hosts SET health_at = %s, lost = %s, queue = %s, cpu_percent = %s, "
-                             "rss_bytes = %s, health = %s WHERE id = %s AND (health_at IS NULL OR health_at < %s)",
-                             (at, s["lost"], s["queue"], s["cpu_percent"], s["rss_bytes"],
-                              orjson.dumps(health).decode(), host_id, at))
 
 
 class Collector:
@@ -170,22 +29,28 @@ class Collector:
 
     async def run(self, duration: float | None = None, ready=None):
         await asyncio.to_thread(self.writer.connect)  # a bad DSN fails here, before any fetch
-        nc = await connect(self.opts, "sensor-collect", callbacks={"error": lambda exc: None})
+        nc = await connect(self.opts, "sensor-collect", callbacks={"error": lambda exc: None},
+                           skip_subject_validation=True)
         try:
-            js = nc.jetstream()
-            sub = await self._stream(js)
+            await self._stream(nc.jetstream())
+            puller = Puller(nc, STREAM, self.durable, self.batch)
+            await puller.start()
             if ready is not None:
                 ready()
             deadline = time.monotonic() + duration if duration else None
-            while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
-                try:
-                    msgs = await sub.fetch(self.batch, timeout=1)
-                except Exception as exc:  # nothing waiting, or the cluster is electing a leader
-                    if type(exc).__name__ != "TimeoutError":
-                        log.debug("fetch: %s", describe(exc))
-                        await asyncio.sleep(0.2)
-                    continue
-                await self._store(msgs)
+            writing = None  # the batch being committed while the next one is fetched and decoded
+            try:
+                while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                    msgs = await puller.next_batch()
+                    rows, docs, good, bad = self._decode(msgs)  # while the previous batch commits
+                    if writing is not None:
+                        await self._finish(nc, *writing)
+                        writing = None
+                    if msgs:
+                        writing = (asyncio.ensure_future(self._write(rows, docs)), good, bad)
+            finally:
+                if writing is not None:
+                    await self._finish(nc, *writing)
         finally:
             try:
                 await nc.close()
@@ -200,7 +65,7 @@ class Collector:
         while True:
             try:
                 await ensure_stream(js, self.opts)
-                return await self._subscribe(js)
+                return await self._consumer(js)
             except Exception as exc:
                 if time.monotonic() >= deadline or type(exc).__name__ not in (
                         "TimeoutError", "ServiceUnavailableError", "NoRespondersError"):
@@ -208,24 +73,35 @@ class Collector:
                 log.info("nats: JetStream not ready (%s), waiting", describe(exc))
                 await asyncio.sleep(0.5)
 
-    async def _subscribe(self, js):
+    async def _consumer(self, js):
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
 
-        config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
-                                deliver_policy=DeliverPolicy.ALL, max_ack_pending=20 * self.batch,
-                                filter_subject=SUBJECTS)
-        return await js.pull_subscribe(SUBJECTS, durable=self.durable, stream=STREAM, config=config)
+        try:
+            await js.consumer_info(STREAM, self.durable)  # shared: the first collector made it
+        except NotFoundError:
+            await js.add_consumer(STREAM, ConsumerConfig(
+                durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=self.ack_wait,
+                deliver_policy=DeliverPolicy.ALL, max_ack_pending=20 * self.batch, filter_subject=SUBJECTS))
 
-    async def _store(self, msgs):
-        rows, docs, good, bad = [], [], [], []
+    def _decode(self, msgs):
+        """Rows of the events among msgs; a document is kept only where the hosts table needs it
+        (a host's first event in the batch, health), so the rest are freed at once."""
+        rows, docs, good, bad, seen = [], [], [], [], set()
         for m in msgs:
             decoded = decode(m.data)
             if decoded is None:
                 bad.append(m)
-            else:
-                rows.append(decoded[0])
-                docs.append(decoded[1])
-                good.append(m)
+                continue
+            row, doc = decoded
+            rows.append(row)
+            docs.append(doc if row[2] not in seen or row[3] == "sensor.health" else None)
+            seen.add(row[2])
+            good.append(m)
+        return rows, docs, good, bad
+
+    async def _write(self, rows, docs) -> bool:
+        """True once committed; retried while PostgreSQL is away; False if stopped meanwhile."""
         backoff = 0.2
         while rows:
             try:
@@ -235,16 +111,21 @@ class Collector:
                 log.warning("postgres: %s; retrying the batch of %d in %.1fs", describe(exc), len(rows), backoff)
                 await asyncio.to_thread(self.writer.close)
                 if self.stop.is_set():
-                    return  # not acked: redelivered to the next collector
+                    return False  # not acked: redelivered to the next collector
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
         self.batches += 1
-        for m in good:
-            await m.ack()
+        return True
+
+    async def _finish(self, nc, write, good, bad):
+        if not await write:
+            return
+        for m in good:  # committed: now, and only now, acknowledged
+            await nc.publish(m.reply, b"+ACK")
         for m in bad:  # never a valid event, never will be: counted, and not redelivered forever
             self.bad += 1
             log.warning("collect: message %s on %s is not an event, dropped", m.metadata.sequence.stream, m.subject)
-            await m.term()
+            await nc.publish(m.reply, b"+TERM")
 
     def summary(self) -> str:
         w = self.writer
