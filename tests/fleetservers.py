@@ -198,8 +198,9 @@ class Collector:
         return int(line.split("stopped; ")[1].split(" events stored")[0].replace(",", ""))
 
 
-def produce(sink, n: int, rate: float | None = None, dataset: str = "process") -> list[str]:
-    """n stamped events through a real sink (optionally paced); returns their event.ids."""
+def produce(sink, n: int, rate: float | None = None, dataset: str = "process", host_id: str | None = None) -> list[str]:
+    """n stamped events through a real sink (optionally paced, optionally as another host.id);
+    returns their event.ids."""
     from sensor.host import Host
     from sensor.schema import Stamper
 
@@ -208,6 +209,8 @@ def produce(sink, n: int, rate: float | None = None, dataset: str = "process") -
         ev = stamper.stamp({"event": {"dataset": dataset, "action": "exec", "category": ["process"]},
                             "process": {"pid": 1000 + i, "name": "true", "entity_id": f"e{i}",
                                         "args": ["/bin/true", str(i)]}})
+        if host_id is not None:
+            ev["host"] = dict(ev["host"], id=host_id)
         sink.write(ev)
         ids.append(ev["event"]["id"])
         if rate and i % 100 == 0:

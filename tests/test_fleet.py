@@ -108,6 +108,50 @@ authorization {{ users: [
         server.stop()
 
 
+def test_an_nkey_host_publishes_only_under_its_own_subject(tmp_path, dsn, collectors):
+    """An nkey user (seed file, no password) allowed only sensor.events.<its id>.>: its events
+    go through; those under another host's subject are refused, dropped, counted and said."""
+    import os
+
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (tmp_path / "host.nk").write_bytes(seed)
+    server = NatsServer(tmp_path / "nats", extra=f"""
+authorization {{ users: [
+  {{ user: collector, password: c-secret }}
+  {{ nkey: {public}, permissions: {{
+       publish: {{ allow: ["sensor.events.host-a.>"] }}, subscribe: {{ allow: ["_INBOX.>"] }} }} }}
+] }}""")
+    try:
+        collector = collectors(server.url, dsn, "--nats-user", "collector", "--nats-password", "c-secret")
+        sink = NatsSink(BrokerOptions.parse(server.url, nkey=str(tmp_path / "host.nk")), tmp_path / "outbox")
+        ids = {"host-a": [], "Host-B": []}  # nats-py lowercases the server's refusal: matched all the same
+        for _ in range(3):  # interleaved, so a refusal sits between events that must still go
+            for host in ids:
+                ids[host] += produce(sink, 40, host_id=host)
+        wait_for(lambda: sink.sent + sink.refused >= 240, 30, 0.1, "every event sent or refused")
+        stats = sink.stats()
+        assert (sink.sent, sink.refused, stats["queued"], stats["overflow"]) == (120, 120, 0, 0)
+        assert "no permission to publish to sensor.events.host-b.process" in stats["error"]
+        wait_for(lambda: len(stored_ids(dsn)) >= 120, 60, 0.2, "host-a's events stored")
+        assert sorted(stored_ids(dsn)) == sorted(ids["host-a"])
+        log = (server.dir / "n1.log").read_text()
+        assert log.count(f'Publish Violation - Nkey "{public}", Subject "sensor.events.Host-B.process"') == 120
+        sink.close(1)
+        assert sink.outbox.pending == 0  # nothing wedged, nothing left behind
+        assert collector.stop() == 0
+        wrong = tmp_path / "other.nk"  # a seed the server does not know: refused at connect, in one line
+        wrong.write_bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+        sink = NatsSink(BrokerOptions.parse(server.url, nkey=str(wrong)), tmp_path / "outbox2")
+        wait_for(lambda: sink.stats().get("error"), 30, 0.1, "the refusal reported")
+        assert "authorization violation" in sink.stats()["error"].lower() and not sink.connected
+        sink.close(0)
+    finally:
+        server.stop()
+
+
 def one_line_error(proc) -> str:
     """The one `sensor: error:` line, last, with no traceback (progress log lines may precede it)."""
     lines = proc.stderr.strip().splitlines()

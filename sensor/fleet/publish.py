@@ -54,7 +54,7 @@ class Publisher:
                 self._seq += 1
                 token = str(self._seq)
                 self._state[token] = 0
-                self._by_subject[subject].append(token)
+                self._by_subject[subject.lower()].append(token)  # nats-py lowercases the -ERR
                 self._waiting += 1
                 tokens.append(token)
                 await nc.publish(subject, doc[:-1], reply=f"{self.inbox}.{token}",
@@ -85,7 +85,7 @@ class Publisher:
 
     def refused(self, subject: str):
         """The server refused one publish on `subject`: the oldest one still waiting there."""
-        tokens = self._by_subject.get(subject)
+        tokens = self._by_subject.get(subject.lower())
         while tokens:
             token = tokens.popleft()
             if self._state.get(token) == 0:
