@@ -56,3 +56,15 @@ def test_a_record_torn_by_a_killed_sensor_is_cut(tmp_path):
     assert box.recovered_partial == 1 and box.pending == 3
     assert [r for _, r in box.read(10)] == records(0, 3)
     box.close()
+
+
+def test_reads_in_chunks_and_a_record_longer_than_a_chunk(tmp_path):
+    box = Outbox(tmp_path, segment_bytes=1 << 20)
+    recs = records(0, 2000, pad=300) + [b"sensor.events.h.process big {\"pad\":\"%s\"}\n" % (b"y" * 600_000)]
+    recs += records(2000, 5)
+    box.append(recs)
+    got = []
+    while chunk := box.read(333, chunk=4096):
+        got += [r for _, r in chunk]
+    assert got == recs  # across chunk edges, segment edges, and the long one whole
+    box.close()

@@ -74,20 +74,24 @@ class Outbox:
 
     # -- reading and acknowledging -------------------------------------------------------------
 
-    def read(self, max_records: int, max_bytes: int = 4 << 20) -> list[tuple[tuple[int, int], bytes]]:
-        """The next records after those already handed out, each with the position after it."""
+    def read(self, max_records: int, chunk: int = 256 << 10) -> list[tuple[tuple[int, int], bytes]]:
+        """The next records after those already handed out, each with the position after it.
+        Reads `chunk` bytes at a time (a backlog is not split whole to take one window of it)."""
         out: list = []
         seg, off = self._read
         while len(out) < max_records:
-            data = os.pread(self._reader(seg), max_bytes, off)
-            if data.rfind(b"\n") >= 0:
-                for line in data[:data.rfind(b"\n") + 1].splitlines(keepends=True):
+            data = os.pread(self._reader(seg), chunk, off)
+            end = data.rfind(b"\n") + 1
+            if end:
+                for line in data[:end].splitlines(keepends=True):
                     off += len(line)
                     out.append(((seg, off), line))
                     if len(out) >= max_records:
                         break
-                if len(out) >= max_records or len(data) == max_bytes:
-                    continue  # more of this segment
+                continue  # perhaps more of this segment
+            if len(data) == chunk:  # a record longer than the chunk
+                chunk *= 2
+                continue
             if seg == self._segments[-1]:
                 break
             seg, off = self._segments[self._segments.index(seg) + 1], 0  # done: the writer moved on
