@@ -74,6 +74,8 @@ class Proc:
     _short: dict | None = None  # the image fields of ecs(full=False), and of ecs()
     _full: dict | None = None
     _start: str | None = None
+    _ecs_short: dict | None = None  # what ecs() copies: the image fields with pid, entity and start
+    _ecs_full: dict | None = None
     account: dict | None = None  # Windows: user.* from the SID and name the OS recorded (no uid)
 
     def set_image(self, executable, args: list, cwd, truncated=_NOTHING, args_count: int | None = None,
@@ -87,11 +89,11 @@ class Proc:
         self.command_line = " ".join(self.args) if command_line is None else _text(escaped, "args", command_line)
         self.cwd = _text(escaped, "working_directory", cwd)
         self.escaped, self.truncated = frozenset(escaped), frozenset(truncated)
-        self._short = self._full = None
+        self._short = self._full = self._ecs_short = self._ecs_full = None
 
     def set_ids(self, uid, euid, gid, egid):
         self.uid, self.euid, self.gid, self.egid = uid, euid, gid, egid
-        self._full = None
+        self._full = self._ecs_full = None
 
     def child(self, pid: int, start_ns: int, entity_id: str) -> "Proc":
         """The process a fork makes: this image until it execs, its own identity."""
@@ -102,13 +104,19 @@ class Proc:
     def ecs(self, host: Host, full: bool = True) -> dict:
         """`process.*` of an event: a new dict each time (callers add to it), sharing the
         cached values."""
-        if self._start is None:
-            self._start = rfc3339(host.unix_ns(self.start_ns))
-        image = self._full_fields() if full else self._short_fields()
-        out = {"pid": self.pid, "entity_id": self.entity_id, "start": self._start, **image}
-        if not self.start_ns:  # known only from another process's event (Windows): start unknown
-            del out["start"]
-        return out
+        base = self._ecs_full if full else self._ecs_short
+        if base is None:
+            if self._start is None:
+                self._start = rfc3339(host.unix_ns(self.start_ns))
+            image = self._full_fields() if full else self._short_fields()
+            base = {"pid": self.pid, "entity_id": self.entity_id, "start": self._start, **image}
+            if not self.start_ns:  # known only from another process's event (Windows): start unknown
+                del base["start"]
+            if full:
+                self._ecs_full = base
+            else:
+                self._ecs_short = base
+        return base.copy()
 
     def _short_fields(self) -> dict:
         if self._short is None:
@@ -334,6 +342,10 @@ class ProcessTable:
         if not self.written or not r.filename:
             return False
         name = r.filename if r.filename.startswith(b"/") or r.cwd is None else r.cwd.rstrip(b"/") + b"/" + r.filename
+        if name in self.written:
+            return True
+        if b"/." not in name and b"//" not in name:  # already normal: normpath would not change it
+            return False
         return os.path.normpath(name) in self.written
 
     def on_fork(self, r: ProcessFork) -> dict:

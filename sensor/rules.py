@@ -57,24 +57,27 @@ SEVERITY = {"informational": 1, "low": 21, "medium": 47, "high": 73, "critical":
 def category_of(event: dict) -> str | None:
     """The Sigma logsource category an event belongs to, if any."""
     ev = event.get("event", {})
-    cats, types = ev.get("category") or [], ev.get("type") or []
-    if "process" in cats and ev.get("action") == "exec":
+    cats, action, dataset = ev.get("category") or [], ev.get("action"), ev.get("dataset")
+    if "process" in cats and action == "exec":
         return "process_creation"
+    if dataset == "process" and "file" not in cats and "network" not in cats:
+        return None  # fork, exit, thread start: two of every exec's three events, answered first
+    types = ev.get("type") or []
     if "file" in cats:
         if "deletion" in types:
             return "file_delete"
-        if ev.get("action") == "rename":
+        if action == "rename":
             return "file_rename"
         if "creation" in types or "change" in types:
             return "file_event"
-    if ev.get("dataset") == "network.dns":
+    if dataset == "network.dns":
         return "dns_query" if get(event, "dns.type") == "query" else None  # one alert per lookup
-    if "network" in cats and ev.get("action") in ("connect", "accept", "udp-send", "udp-receive"):
+    if "network" in cats and action in ("connect", "accept", "udp-send", "udp-receive"):
         return "network_connection"
-    if ev.get("dataset") == "security":
-        if ev.get("action") in ("init_module", "finit_module"):
+    if dataset == "security":
+        if action in ("init_module", "finit_module"):
             return "driver_load"
-        if ev.get("action") == "ptrace":
+        if action == "ptrace":
             return "process_access"
     return None
 

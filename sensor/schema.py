@@ -4,7 +4,6 @@ Documented in docs/schema.md; bump SCHEMA_VERSION on any change a reader could n
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import re
 import time
@@ -28,7 +27,13 @@ def text(raw: bytes | str) -> tuple[str, bool]:
     backslash `\\\\`, so `unescape` restores the exact bytes; the event lists such fields in
     `sensor.escaped`.
     """
-    s = raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else raw
+    if isinstance(raw, bytes):
+        try:  # the common case, and strict UTF-8 never yields a lone surrogate
+            return raw.decode(), False
+        except UnicodeDecodeError:
+            s = raw.decode("utf-8", "surrogateescape")
+    else:
+        s = raw
     if not _SURROGATE.search(s):
         return s, False
     s = s.replace("\\", "\\\\")
@@ -49,12 +54,15 @@ def unescape(s: str) -> bytes:
 def rfc3339(unix_ns: int) -> str:
     """`@timestamp`: UTC with nanoseconds, e.g. 2026-11-24T23:38:01.123456789Z."""
     secs, ns = divmod(unix_ns, 1_000_000_000)
-    return f"{_utc_seconds(secs)}.{ns:09d}Z"
+    head = _SECONDS.get(secs)
+    if head is None:  # events come in bursts within a second; processes' starts repeat
+        if len(_SECONDS) >= 4096:
+            _SECONDS.clear()
+        head = _SECONDS[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+    return "%s%09dZ" % (head, ns)  # %-formatting: twice as fast as an f-string with a call in it
 
 
-@functools.lru_cache(maxsize=4096)  # events come in bursts within a second; processes' starts repeat
-def _utc_seconds(secs: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
+_SECONDS: dict[int, str] = {}
 
 
 def parse_time(value: str) -> int:

@@ -131,7 +131,7 @@ class Store:
 
     def write(self, event: dict) -> None:
         try:
-            line = orjson.dumps(event) + b"\n"
+            line = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
         except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
             self.dropped += 1
             self._warn(("encode", str(exc)), f"store: event dropped, not serializable: {exc}")
