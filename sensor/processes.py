@@ -399,11 +399,12 @@ class ProcessTable:
         process = proc.ecs(self.host)
         if tid:  # 0: not said (Windows events about another process)
             process["thread"] = {"id": tid}
-        escaped = proc.flagged("process", proc.escaped)
-        truncated = proc.flagged("process", proc.truncated)
+        escaped, truncated = [], []
+        if proc.escaped or proc.truncated:  # rare: most events skip both calls
+            escaped, truncated = proc.flagged("process", proc.escaped), proc.flagged("process", proc.truncated)
         if ppid:
             process["parent"], parent = self._parent(proc, ppid, parent_start_ns)
-            if parent:
+            if parent and (parent.escaped or parent.truncated):
                 shown = {"executable", "args"}
                 escaped += parent.flagged("process.parent", parent.escaped & shown)
                 truncated += parent.flagged("process.parent", parent.truncated & shown)
