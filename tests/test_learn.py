@@ -82,6 +82,13 @@ def test_model_file_is_plain_data_and_scores_the_same_when_read_back(runs, tmp_p
     copy = tmp_path / "copy.json"
     copy.write_text(json.dumps(doc))
     assert scores(model, [runs["download"]]) == scores(copy, [runs["download"]])
+    # a version 1 file (one global model, no held-out scores) still loads: its processes score as
+    # the global model scores them, and its run as its highest process
+    v1 = tmp_path / "v1.json"
+    v1.write_text(json.dumps({**{k: v for k, v in doc.items() if k != "held_out"}, "version": 1,
+                              "state": doc["state"]["global"]}))
+    got = scores(v1, [runs["download"]])[str(runs["download"])]
+    assert got["score"] == got["max_process_score"] > 0 and all(p["program_seen"] for p in got["processes"])
     # the training runs themselves have every window in the model
     assert scores(model, [runs["normal0"]])[str(runs["normal0"])]["score"] == 0
 
