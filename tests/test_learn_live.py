@@ -6,12 +6,13 @@ import hashlib
 import json
 import socket
 import subprocess
+import sys
 import threading
 import uuid
 
 import pytest
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from learn_traces import WORK, record_normal, sensor, workdir
 
 TRAIN = 5
@@ -127,3 +128,12 @@ def test_bad_model_is_one_line(tmp_path):
     junk.write_text("{}")
     r = sensor("run", "--data-dir", str(tmp_path / "d"), "--model", str(junk), "--console", "off", timeout=30)
     assert r.returncode == 2 and "not a model file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_model_on_the_windows_backend_is_refused_in_one_line(trained, tmp_path):
+    import os
+
+    r = subprocess.run([sys.executable, "-m", "sensor", "run", "--data-dir", str(tmp_path / "d"), "--model",
+                        str(trained[0]), "--console", "off"], capture_output=True, text=True, cwd=ROOT, timeout=60,
+                       env={**os.environ, "SENSOR_PLATFORM": "windows"}, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2 and "Linux (eBPF) only" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -59,6 +59,10 @@ class ModelSource:
     capabilities: frozenset[str] = frozenset()
 
     def __init__(self, cfg, host, raise_alert):
+        from .. import backend
+
+        if backend.NAME != "linux":  # ETW gives no per-process syscall sequence to score
+            raise ConfigError(f"model: syscall models run on Linux (eBPF) only, not on {backend.NAME}")
         path = cfg["model"]
         self.doc, self.model = modelfile.load(path)
         self.path, self.sha256 = str(path), sha256_file(path)
