@@ -7,7 +7,9 @@ import logging
 import signal
 import sys
 import time
+from collections import deque
 
+from ..errors import ConfigError
 from .broker import STREAM, SUBJECTS, BrokerError, BrokerOptions, connect, describe, ensure_stream
 from .pull import Puller
 from .pgwrite import PostgresError, Writer, decode, health_summary, pg_connect  # noqa: F401 (their home once)
@@ -18,17 +20,21 @@ DURABLE = "collect"
 
 
 class Collector:
-    """Fetches batches from the durable consumer and hands them to the Writer; acks after commit."""
+    """Fetches batches from the durable consumer and hands them to its Writers (one PostgreSQL
+    connection each, so batches commit side by side); acks each batch after its commit."""
 
     def __init__(self, opts: BrokerOptions, dsn: str, *, batch: int = 1000, ack_wait: float = 30.0,
-                 durable: str = DURABLE):
+                 durable: str = DURABLE, writers: int = 2):
+        if writers < 1:
+            raise ConfigError(f"--writers {writers}: at least one")
         self.opts, self.batch, self.ack_wait, self.durable = opts, batch, ack_wait, durable
-        self.writer = Writer(dsn)
+        self.writers = [Writer(dsn) for _ in range(writers)]
         self.bad = self.batches = 0
         self.stop = asyncio.Event()
 
     async def run(self, duration: float | None = None, ready=None):
-        await asyncio.to_thread(self.writer.connect)  # a bad DSN fails here, before any fetch
+        for w in self.writers:  # a bad DSN fails here, before any fetch
+            await asyncio.to_thread(w.connect)
         nc = await connect(self.opts, "sensor-collect", callbacks={"error": lambda exc: None},
                            skip_subject_validation=True)
         try:
@@ -38,25 +44,26 @@ class Collector:
             if ready is not None:
                 ready()
             deadline = time.monotonic() + duration if duration else None
-            writing = None  # the batch being committed while the next one is fetched and decoded
+            free, writing = list(self.writers), deque()  # batches committing while the next is decoded
             try:
                 while not self.stop.is_set() and (deadline is None or time.monotonic() < deadline):
                     msgs = await puller.next_batch()
-                    rows, docs, good, bad = self._decode(msgs)  # while the previous batch commits
-                    if writing is not None:
-                        await self._finish(nc, *writing)
-                        writing = None
+                    rows, docs, good, bad = self._decode(msgs)
+                    while writing and (not free or writing[0][0].done()):
+                        free.append(await self._finish(nc, *writing.popleft()))
                     if msgs:
-                        writing = (asyncio.ensure_future(self._write(rows, docs)), good, bad)
+                        w = free.pop()
+                        writing.append((asyncio.ensure_future(self._write(w, rows, docs)), w, good, bad))
             finally:
-                if writing is not None:
-                    await self._finish(nc, *writing)
+                while writing:
+                    await self._finish(nc, *writing.popleft())
         finally:
             try:
                 await nc.close()
             except Exception:
                 pass
-            self.writer.close()
+            for w in self.writers:
+                w.close()
 
     async def _stream(self, js, patience: float = 30.0):
         """The stream and consumer, created if missing; a cluster just started may still be
@@ -100,16 +107,16 @@ class Collector:
             good.append(m)
         return rows, docs, good, bad
 
-    async def _write(self, rows, docs) -> bool:
+    async def _write(self, writer, rows, docs) -> bool:
         """True once committed; retried while PostgreSQL is away; False if stopped meanwhile."""
         backoff = 0.2
         while rows:
             try:
-                await asyncio.to_thread(self.writer.write, rows, docs)
+                await asyncio.to_thread(writer.write, rows, docs)
                 break
             except Exception as exc:  # PostgreSQL restarting, a lost connection: keep the batch, retry
                 log.warning("postgres: %s; retrying the batch of %d in %.1fs", describe(exc), len(rows), backoff)
-                await asyncio.to_thread(self.writer.close)
+                await asyncio.to_thread(writer.close)
                 if self.stop.is_set():
                     return False  # not acked: redelivered to the next collector
                 await asyncio.sleep(backoff)
@@ -117,19 +124,21 @@ class Collector:
         self.batches += 1
         return True
 
-    async def _finish(self, nc, write, good, bad):
+    async def _finish(self, nc, write, writer, good, bad):
+        """Waits for a batch's commit, then acks it; returns its writer, free again."""
         if not await write:
-            return
+            return writer
         for m in good:  # committed: now, and only now, acknowledged
             await nc.publish(m.reply, b"+ACK")
         for m in bad:  # never a valid event, never will be: counted, and not redelivered forever
             self.bad += 1
             log.warning("collect: message %s on %s is not an event, dropped", m.metadata.sequence.stream, m.subject)
             await nc.publish(m.reply, b"+TERM")
+        return writer
 
     def summary(self) -> str:
-        w = self.writer
-        return f"{w.stored:,} events stored, {w.duplicates:,} duplicates ignored, {self.bad:,} bad messages dropped"
+        stored, dups = sum(w.stored for w in self.writers), sum(w.duplicates for w in self.writers)
+        return f"{stored:,} events stored, {dups:,} duplicates ignored, {self.bad:,} bad messages dropped"
 
 
 def add_arguments(p):
@@ -144,6 +153,8 @@ def add_arguments(p):
     p.add_argument("--nats-tls-key", metavar="FILE")
     p.add_argument("--nats-replicas", type=int, default=1, help="replicas of the SENSOR stream if created here (1)")
     p.add_argument("--batch", type=int, default=1000, help="events per fetch and transaction (1000)")
+    p.add_argument("--writers", type=int, default=2,
+                   help="PostgreSQL connections committing batches side by side (2)")
     p.add_argument("--ack-wait", type=float, default=30.0,
                    help="seconds before an unacknowledged batch is redelivered to another collector (30)")
     p.add_argument("--durable", default=DURABLE, help=f"the shared consumer's name ({DURABLE})")
@@ -155,7 +166,8 @@ def run(args) -> int:
     opts = BrokerOptions.parse(args.nats_url, user=args.nats_user, password=args.nats_password,
                                creds=args.nats_creds, nkey=args.nats_nkey, tls_ca=args.nats_tls_ca,
                                tls_cert=args.nats_tls_cert, tls_key=args.nats_tls_key, replicas=args.nats_replicas)
-    collector = Collector(opts, args.postgres, batch=args.batch, ack_wait=args.ack_wait, durable=args.durable)
+    collector = Collector(opts, args.postgres, batch=args.batch, ack_wait=args.ack_wait, durable=args.durable,
+                          writers=args.writers)
 
     async def main():
         loop = asyncio.get_running_loop()
