@@ -12,6 +12,7 @@ import orjson
 
 from .errors import SensorError
 from .rules import alert
+from .schema import rfc3339
 
 
 class Hunt:
@@ -24,48 +25,41 @@ class Hunt:
         self.titles: dict[str, str] = {}
         self.problems: list = []
 
-    def _alerts(self, event: dict, where: dict):
+    def _alerts(self, event: dict, where):
         for rule in self.rules.match(event):
             self.per_rule[rule.id] += 1
             self.titles[rule.id] = rule.title
             a = alert(rule, event)
             a["rule"]["title"] = rule.title
-            a.update(where)
+            a.update(where() if callable(where) else where)  # built for the few events that alert
             a.setdefault("sensor", {}).setdefault("trigger", {})["event"] = event
             yield a
 
     def evtx(self, path: Path):
         """Alerts of one .evtx file."""
-        for event, where in self.normalized(path):
-            yield from self._alerts(event, where)
+        log_file = {"file": {"path": str(path)}}
+        for event in self.normalized(path):
+            yield from self._alerts(event, lambda: {"log": log_file, "winlog": _record(event["winlog"])})
 
     def normalized(self, path: Path):
-        """(event, where it came from) of every record of one .evtx file, as the live mappers make
-        them; the file's process cache is its own (one log, one host)."""
+        """Every event of the records of one .evtx file, finished as the live Event Log source
+        finishes them (winevent.events_of), at the record's time; the file's process cache is its
+        own (one log, one host)."""
         from .processes import ProcessTable
         from .windows.evtxfile import EvtxFile
         from .windows.host import RecordedHost
-        from .windows.mappers import Mapper, module_of
+        from .windows.mappers import Mapper
+        from .windows.winevent import events_of
 
         f = EvtxFile(path)
         table = ProcessTable(RecordedHost(str(path), "recorded"))
         mapper = Mapper(table)
-        log_file = {"log": {"file": {"path": str(path)}}}
         for ev in f.events():
-            winlog = {"channel": ev.channel, "event_id": ev.event_id, "record_id": ev.record_id,
-                      "provider_name": ev.provider, "computer_name": ev.computer}
-            module = module_of(ev)
-            out = [item if isinstance(item, dict) else table.handle(item) for item in mapper.map(ev)]
-            out = [e for e in out if e is not None]
-            if mapper.definition(ev) is None:  # no mapper: the record as it is, for service rules
-                out.append({"event": {"kind": "event", "dataset": "winlog", "code": str(ev.event_id)}})
-            for event in out:
-                event["event"]["module"] = module
-                event["winlog"] = {**winlog, "event_data": ev.data}
+            for event in events_of(ev, mapper, table):
                 if "@timestamp" not in event:
-                    event["@timestamp"] = _rfc3339(ev.ts_ns)
+                    event["@timestamp"] = rfc3339(ev.ts_ns)
                 self.events += 1
-                yield event, {**log_file, "winlog": winlog}
+                yield event
         self.files += 1
         self.records += f.records
         self.problems += f.problems
@@ -83,10 +77,9 @@ class Hunt:
         self.files += 1
 
 
-def _rfc3339(ns: int) -> str:
-    from .schema import rfc3339
-
-    return rfc3339(ns)
+def _record(winlog: dict) -> dict:
+    """An alert's winlog: which record it was (channel, ids, provider, computer), not its data."""
+    return {k: x for k, x in winlog.items() if k != "event_data"}
 
 
 def inputs(paths) -> list[tuple[str, Path]]:

@@ -158,7 +158,7 @@ def test_the_live_event_log_path_gives_what_sensor_hunt_gives(tmp_path):
     xml = [rec["data"] for rec in PyEvtxParser(str(path)).records()]
     src._queue.extend(xml)  # what _on_event queues: EvtRender(handle, EvtRenderEventXml)
     live = src.poll()
-    hunted = [e for e, _ in Hunt(None).normalized(path)]
+    hunted = list(Hunt(None).normalized(path))
     assert len(live) == len(hunted) > 100
 
     def key(e):

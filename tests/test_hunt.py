@@ -93,7 +93,7 @@ def test_retro_hunt_of_stored_events_finds_what_the_log_gave(tmp_path):
 
     h = Hunt(load_rules([RULES]))
     first = [(a["winlog"]["record_id"], a["rule"]["id"]) for a in h.evtx(EVTX / "sysmon-first-4-chunks.evtx")]
-    store, stored = Store(tmp_path / "data"), [ev for ev, _ in h.normalized(EVTX / "sysmon-first-4-chunks.evtx")]
+    store, stored = Store(tmp_path / "data"), list(h.normalized(EVTX / "sysmon-first-4-chunks.evtx"))
     for ev in stored:
         store.write(ev)
     store.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ntpath
 
 from ..schema import rfc3339
-from .fields import ABSENT, account, hashes, module_of, number
+from .fields import ABSENT, account, basename, hashes, module_of, number
 
 # Sigma logsource category of each event.action made here (sensor.windows.sigma reads it)
 CATEGORIES = {"image-load": "image_load", "driver-load": "driver_load", "process-access": "process_access",
@@ -33,7 +33,7 @@ def _bool(v) -> bool | None:
 def _image(m, v: dict) -> dict:
     """ECS file-like fields of a loaded image (dll.*, file.*): path, name, hashes, PE and signature."""
     path = m.drives.path(v.get("path"))
-    out: dict = {"path": path, "name": ntpath.basename(path)} if path else {}
+    out: dict = {"path": path, "name": basename(path)} if path else {}
     out.update(hashes(v.get("hashes")))
     pe = {k: v[f] for k, f in (("original_file_name", "original_file_name"), ("description", "description"),
                                ("product", "product"), ("company", "company"), ("file_version", "file_version"))
@@ -94,7 +94,7 @@ def ps_script(m, ev, d, v: dict) -> list:
         if number(v.get(f)) is not None:
             ps[k] = number(v[f])
     path = m.drives.path(v.get("path"))
-    file = {"path": path, "name": ntpath.basename(path), "directory": ntpath.dirname(path)} if path else None
+    file = {"path": path, "name": basename(path), "directory": ntpath.dirname(path)} if path else None
     return [_event(ev, ["process"], ["info"], "script-block", "powershell", **m.process(ev.pid, None, ()),
                    powershell=ps, file=file)]
 

@@ -64,7 +64,7 @@ class EvtxFile:
                 self.problems.append(Problem(str(self.path), None, f"record {rec.get('event_record_id')}: {exc}"))
                 continue
             self.records += 1
-            yield ev._replace(record_id=rec.get("event_record_id", ev.record_id))
+            yield ev if ev.record_id is not None else ev._replace(record_id=rec.get("event_record_id"))
 
 
     def _check_end(self):

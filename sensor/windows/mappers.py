@@ -7,13 +7,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ntpath
+import re
 from collections import OrderedDict
 
 from ..processes import Proc, ProcessTable
 from ..schema import rfc3339
 from ..records import DnsLookup, FileActivity, NetActivity, ProcessExec, ProcessExit, RegistryChange
 from . import activity
-from .fields import ABSENT as _ABSENT, account, hashes, module_of, number as _int  # noqa: F401 (module_of: API)
+from .fields import ABSENT as _ABSENT, account, basename, hashes, module_of, number as _int  # noqa: F401 (module_of: API)
 from .paths import Drives, registry_path
 from .providers import EventDef, load
 from .winevent import WinEvent, time_ns
@@ -34,35 +35,35 @@ def _b(s: str | None) -> bytes | None:
     return None if s is None else s.encode("utf-8", "surrogateescape")
 
 
+# a command line's pieces: backslashes then a quote, blanks, and the rest (backslashes alone are literal)
+_TOKENS = re.compile(r'(\\*)"|([ \t]+)|([^ \t"\\]+|\\+)')
+_BLANKS = re.compile(r"[ \t]+")
+
+
 def split_command_line(cmd: str) -> list[str]:
     """argv as the C runtime parses a Windows command line (CommandLineToArgvW's rules: quotes
     group, 2n backslashes before a quote are n and the quote counts, 2n+1 are n and a literal quote)."""
-    args, cur, quoted, have, i = [], [], False, False, 0
-    while i < len(cmd):
-        c = cmd[i]
-        if c == "\\":
-            n = 0
-            while i < len(cmd) and cmd[i] == "\\":
-                n, i = n + 1, i + 1
-            if i < len(cmd) and cmd[i] == '"':
-                cur.append("\\" * (n // 2))
-                if n % 2:
-                    cur.append('"')
-                    i += 1
-            else:
-                cur.append("\\" * n)
+    if '"' not in cmd:  # no quotes: backslashes are literal, blanks separate
+        cmd = cmd.strip(" \t")
+        return _BLANKS.split(cmd) if cmd else []
+    args, cur, quoted, have = [], [], False, False
+    for slashes, blanks, other in _TOKENS.findall(cmd):
+        if other:
+            cur.append(other)
             have = True
-            continue
-        if c == '"':
-            quoted, have = not quoted, True
-        elif c in " \t" and not quoted:
-            if have:
+        elif blanks:
+            if quoted:
+                cur.append(blanks)
+            elif have:
                 args.append("".join(cur))
                 cur, have = [], False
-        else:
-            cur.append(c)
+        else:  # n backslashes and a quote
+            cur.append("\\" * (len(slashes) // 2))
+            if len(slashes) % 2:
+                cur.append('"')
+            else:
+                quoted = not quoted
             have = True
-        i += 1
     if have:
         args.append("".join(cur))
     return args
@@ -85,19 +86,25 @@ class Mapper:
         self.defs = {(p.name.lower(), eid): e for p in load().values() for eid, e in p.events.items()}
         self._starts: OrderedDict[tuple, tuple] = OrderedDict()  # (pid, ppid) -> (ProcessExec fields, deadline)
         self._command_lines: OrderedDict[tuple, tuple] = OrderedDict()  # (pid, ppid) -> (cmd, sid, expiry)
+        self._defs: dict[tuple, EventDef | None] = {}  # (provider as written, event id) -> definition
         self.unknown = 0  # events no definition names
 
     def definition(self, ev: WinEvent) -> EventDef | None:
-        return self.defs.get((ev.provider.lower(), ev.event_id))
+        key = (ev.provider, ev.event_id)
+        try:
+            return self._defs[key]
+        except KeyError:  # a provider spelled as the record spells it, looked up once
+            d = self._defs[key] = self.defs.get((ev.provider.lower(), ev.event_id))
+            return d
 
     def map(self, ev: WinEvent) -> list:
-        out = self.flush(ev.ts_ns)
+        out = self.flush(ev.ts_ns) if self._starts or self._command_lines else []
         d = self.definition(ev)
         if d is None:
             self.unknown += 1
             return out
-        v = {k: ev.data.get(f) for k, f in d.map.items()}
-        v = {k: x for k, x in v.items() if x not in _ABSENT}
+        data = ev.data
+        v = {k: x for k, f in d.map.items() if (x := data.get(f)) is not None and x not in _ABSENT}
         return out + MAPPERS[d.record](self, ev, d, v)
 
     def flush(self, now_ns: int | None = None) -> list:
@@ -138,7 +145,7 @@ class Mapper:
         pid = self._pid(ev, v)
         image = self.drives.path(v.get("image"))
         self.known(pid, image, user=_account(v))
-        return pid, _b(ntpath.basename(image))[:15] if image else b""
+        return pid, _b(basename(image))[:15] if image else b""
 
     def actor(self, ev: WinEvent, v: dict) -> dict:
         """`process`, `user` of the process an event names, for events built here: the cache's
@@ -152,14 +159,14 @@ class Mapper:
             return {}
         if self.table is not None:
             self.known(pid, image, user=user)
-            out = self.table.actor(pid, None, tid, comm or (_b(ntpath.basename(image))[:15] if image else b""))
+            out = self.table.actor(pid, None, tid, comm or (_b(basename(image))[:15] if image else b""))
             parent = self.table.live.get(out["process"].get("parent", {}).get("pid"))
             if parent is not None and parent.executable:  # SigmaHQ's SourceParentImage
                 out["process"]["parent"]["executable"] = parent.executable
             if user:  # the event's own word on its actor's account (Sysmon's User, SourceUser)
                 out["user"] = dict(user)
             return out
-        process = {"pid": pid, **({"executable": image, "name": ntpath.basename(image)} if image else {}),
+        process = {"pid": pid, **({"executable": image, "name": basename(image)} if image else {}),
                    **({"thread": {"id": tid}} if tid else {})}
         return {"process": process, "user": dict(user)}
 
@@ -188,7 +195,7 @@ def _process_start(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
     fields = dict(ts_ns=ev.ts_ns, pid=pid, tid=ev.tid if ev.pid == pid else 0, ppid=ppid, start_ns=start,
                   parent_start_ns=0, uid=None, gid=None, euid=None, egid=None, argc=len(args),
                   args=tuple(map(_b, args)), filename=exe, executable=exe or None, cwd=_b(v.get("cwd")),
-                  comm=_b(ntpath.basename(image or ""))[:15], command_line=_b(cmd), account=_account(v),
+                  comm=_b(basename(image or ""))[:15], command_line=_b(cmd), account=_account(v),
                   image_info=info)
     if cmd is not None or ev.channel is not None:
         return [ProcessExec(**fields)]
@@ -230,7 +237,7 @@ def _process_end(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
     start = time_ns(v.get("start")) or (proc.start_ns if proc else 0)
     end = time_ns(v.get("end")) or ev.ts_ns
     image = v.get("image")
-    comm = _b(ntpath.basename(m.drives.path(image)))[:15] if image else b""
+    comm = _b(basename(m.drives.path(image)))[:15] if image else b""
     return out + [ProcessExit(end, pid, (proc.ppid or 0) if proc else 0, start, None, comm, code=_int(v.get("exit_code")))]
 
 

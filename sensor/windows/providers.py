@@ -73,8 +73,11 @@ class Provider:
         return mask
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml where built with it
+
+
 def _provider(path) -> Provider:
-    d = yaml.safe_load(path.read_text())
+    d = yaml.load(path.read_text(), Loader=_LOADER)
     events = {}
     for eid, e in (d.get("events") or {}).items():
         extra = {k: v for k, v in e.items() if k not in ("name", "record", "fields", "map")}

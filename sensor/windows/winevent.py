@@ -2,11 +2,14 @@
 .evtx record (the `evtx` package's JSON). The mappers read only this shape."""
 from __future__ import annotations
 
+import calendar
 import re
+import time
 from typing import NamedTuple
 
 from ..schema import parse_time
 from . import providers
+from .fields import module_of
 
 FILETIME_EPOCH = 116444736000000000  # 1601-01-01 to 1970-01-01 in 100 ns units
 
@@ -29,6 +32,9 @@ def filetime_ns(ft: int) -> int:
 
 
 _NOT_ASCII = re.compile(r"[^\x20-\x7e]")
+# what .evtx records and Sysmon write: `2017-12-26T13:10:29.136879Z`, `2017-12-26 13:10:29.134`
+_UTC = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z?")
+_SECONDS: dict[str, int] = {}  # `2017-12-26T13:10:29` -> Unix seconds: a log's records share seconds
 
 
 def time_ns(value) -> int | None:
@@ -38,7 +44,21 @@ def time_ns(value) -> int | None:
         return None
     if isinstance(value, int):
         return filetime_ns(value) if value > FILETIME_EPOCH // 2 else None
-    s = _NOT_ASCII.sub("", str(value)).strip()  # TDH puts left-to-right marks in dates
+    s = str(value)
+    m = _UTC.fullmatch(s)
+    if m is not None:  # the common forms, without datetime
+        head, frac = m.groups()
+        secs = _SECONDS.get(head)
+        if secs is None:
+            try:
+                secs = calendar.timegm(time.strptime(head.replace(" ", "T"), "%Y-%m-%dT%H:%M:%S"))
+            except ValueError:  # month 13 and the like
+                return None
+            if len(_SECONDS) >= 4096:
+                _SECONDS.clear()
+            _SECONDS[head] = secs
+        return secs * 1_000_000_000 + (int(frac.ljust(9, "0")) if frac else 0)
+    s = _NOT_ASCII.sub("", s).strip()  # TDH puts left-to-right marks in dates
     if s.isdigit():
         return filetime_ns(int(s))
     try:
@@ -59,30 +79,32 @@ def from_pywintrace(eid: int, ev: dict) -> WinEvent:
                     version=int(desc.get("Version", 0)))
 
 
-def _attr(node, name):
-    return node.get("#attributes", {}).get(name) if isinstance(node, dict) else None
+_NO_ATTRS: dict = {}
 
 
 def from_evtx(record: dict) -> WinEvent:
     """One record of `evtx.PyEvtxParser(...).records_json()`, its `data` already parsed."""
     event = record["Event"]
-    system = event.get("System") or {}
+    system = event.get("System") or _NO_ATTRS
     eid = system.get("EventID")
     eid = eid.get("#text") if isinstance(eid, dict) else eid
     data = event.get("EventData")
-    if not isinstance(data, dict):  # absent, or a bare string; UserData holds one element
+    if type(data) is not dict:  # absent, or a bare string; UserData holds one element
         user = event.get("UserData")
         data = next(iter(user.values())) if isinstance(user, dict) and user else {}
         data = data if isinstance(data, dict) else {}
     if "#attributes" in data:
         data = {k: v for k, v in data.items() if k != "#attributes"}
-    created = _attr(system.get("TimeCreated"), "SystemTime")
-    execution = system.get("Execution")
-    return WinEvent(provider=_attr(system.get("Provider"), "Name") or "", event_id=int(eid or 0),
-                    ts_ns=time_ns(created) or 0, pid=int(_attr(execution, "ProcessID") or 0),
-                    tid=int(_attr(execution, "ThreadID") or 0), data=data, version=int(system.get("Version") or 0),
-                    channel=system.get("Channel"), record_id=system.get("EventRecordID"),
-                    computer=system.get("Computer"))
+    execution = _attrs(system.get("Execution"))
+    return WinEvent(_attrs(system.get("Provider")).get("Name") or "", int(eid or 0),
+                    time_ns(_attrs(system.get("TimeCreated")).get("SystemTime")) or 0,
+                    int(execution.get("ProcessID") or 0), int(execution.get("ThreadID") or 0), data,
+                    int(system.get("Version") or 0), system.get("Channel"), system.get("EventRecordID"),
+                    system.get("Computer"))
+
+
+def _attrs(node) -> dict:
+    return (node.get("#attributes") or _NO_ATTRS) if type(node) is dict else _NO_ATTRS
 
 
 _NS = "{http://schemas.microsoft.com/win/2004/08/events/event}"
@@ -107,26 +129,24 @@ def from_event_xml(xml: str) -> WinEvent:
                     computer=system.findtext(f"{_NS}Computer"))
 
 
-def winlog_of(ev: WinEvent) -> dict:
-    """`winlog` of what an Event Log record became (winlogbeat's names); `sensor hunt` and the
-    live Event Log source give every such event this object."""
-    return {"channel": ev.channel, "event_id": ev.event_id, "record_id": ev.record_id, "provider_name": ev.provider,
-            "computer_name": ev.computer}
-
-
 def events_of(ev: WinEvent, mapper, table) -> list[dict]:
     """The finished events of one Event Log record: mapped, records through the process cache
-    `table`, each with event.module and winlog (the record's own fields as winlog.event_data); a
+    `table`, each with event.module and winlog (winlogbeat's names: channel, ids, provider and
+    computer, and the record's own fields as winlog.event_data); a
     record no definition maps stays one event of its own, for service rules."""
-    from .mappers import module_of
-
-    out = [item if isinstance(item, dict) else table.handle(item) for item in mapper.map(ev)]
-    out = [e for e in out if e is not None]
+    out = []
+    for item in mapper.map(ev):
+        if type(item) is not dict:
+            item = table.handle(item)
+            if item is None:
+                continue
+        out.append(item)
     if mapper.definition(ev) is None:
         out.append({"event": {"kind": "event", "dataset": "winlog", "code": str(ev.event_id)}})
     module = module_of(ev)
-    for event in out:
+    winlog = {"channel": ev.channel, "event_id": ev.event_id, "record_id": ev.record_id, "provider_name": ev.provider,
+              "computer_name": ev.computer, "event_data": ev.data}
+    for i, event in enumerate(out):
         event["event"]["module"] = module
-        event["winlog"] = {**winlog_of(ev), "event_data": ev.data}
+        event["winlog"] = winlog if i == 0 else dict(winlog)
     return out
-
