@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -152,6 +153,40 @@ authorization {{ users: [
         server.stop()
 
 
+def test_bad_messages_and_repeats_in_one_batch(tmp_path, nats, dsn, collectors):
+    """Messages that are no event are dropped and counted, not redelivered; an event sent twice
+    under two message ids (past the stream's dedup) is stored once; the rest of the batch is stored."""
+    import asyncio
+
+    import nats as nats_client
+    import orjson
+
+    sink = NatsSink(BrokerOptions.parse(nats.url), tmp_path / "outbox")
+    ids = produce(sink, 50)
+    sink.close(10)
+    assert sink.sent == 50
+
+    async def publish_odd_ones():
+        nc = await nats_client.connect(nats.url)
+        try:
+            js = nc.jetstream()
+            first = orjson.loads((await js.get_msg("SENSOR", 1)).data)
+            await js.publish("sensor.events.h.process", orjson.dumps(first), headers={"Nats-Msg-Id": "again"})
+            await js.publish("sensor.events.h.process", b"not json")
+            await js.publish("sensor.events.h.process", b'{"event": {"dataset": "process"}}')  # no id, no time
+        finally:
+            await nc.close()
+
+    asyncio.run(publish_odd_ones())
+    collector = collectors(nats.url, dsn, "--batch", "100", "--ack-wait", "1")
+    wait_for(lambda: len(stored_ids(dsn)) >= 50, 60, 0.1, "the events stored")
+    time.sleep(2)  # past --ack-wait: anything not acked would come again now
+    assert collector.stop() == 0
+    assert sorted(stored_ids(dsn)) == sorted(ids)
+    assert "50 events stored, 1 duplicates ignored, 2 bad messages dropped" in collector.output()
+    assert collector.output().count("is not an event, dropped") == 2
+
+
 def one_line_error(proc) -> str:
     """The one `sensor: error:` line, last, with no traceback (progress log lines may precede it)."""
     lines = proc.stderr.strip().splitlines()
@@ -170,6 +205,7 @@ def test_bad_input_gets_a_one_line_error(postgres, dsn, tmp_path):
     assert f"cannot connect to PostgreSQL at 127.0.0.1:{port}/x" in msg
     assert "not a connection string" in one_line_error(sensor_cli("events", "--postgres", "host=a =b"))
     assert "nats://HOST:PORT" in one_line_error(sensor_cli("collect", "--nats-url", "http://x:1", "--postgres", dsn))
+    assert "--writers 0" in one_line_error(sensor_cli("collect", "--nats-url", dead, "--postgres", dsn, "--writers", "0"))
     data = str(tmp_path / "data")
     assert "no URL given" in one_line_error(sensor_cli("run", "--data-dir", data, "--sink", "store,nats", "--duration", "1"))
     msg = one_line_error(sensor_cli("run", "--data-dir", data, "--sink", "nats", "--nats-url", "nats://127.0.0.1:1",
