@@ -59,12 +59,12 @@ class EvtxFile:
                     return
                 continue
             try:
-                ev = from_evtx(orjson.loads(rec["data"]))
+                ev = from_evtx(orjson.loads(rec["data"]), rec.get("event_record_id"))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 self.problems.append(Problem(str(self.path), None, f"record {rec.get('event_record_id')}: {exc}"))
                 continue
             self.records += 1
-            yield ev if ev.record_id is not None else ev._replace(record_id=rec.get("event_record_id"))
+            yield ev
 
 
     def _check_end(self):

@@ -82,8 +82,10 @@ def from_pywintrace(eid: int, ev: dict) -> WinEvent:
 _NO_ATTRS: dict = {}
 
 
-def from_evtx(record: dict) -> WinEvent:
-    """One record of `evtx.PyEvtxParser(...).records_json()`, its `data` already parsed."""
+def from_evtx(record: dict, record_id: int | None = None) -> WinEvent:
+    """One record of `evtx.PyEvtxParser(...).records_json()`, its `data` already parsed;
+    `record_id`: the record header's (the crate's `event_record_id`), which wins over the
+    System element's EventRecordID (they differ in logs exported from a larger one)."""
     event = record["Event"]
     system = event.get("System") or _NO_ATTRS
     eid = system.get("EventID")
@@ -99,7 +101,8 @@ def from_evtx(record: dict) -> WinEvent:
     return WinEvent(_attrs(system.get("Provider")).get("Name") or "", int(eid or 0),
                     time_ns(_attrs(system.get("TimeCreated")).get("SystemTime")) or 0,
                     int(execution.get("ProcessID") or 0), int(execution.get("ThreadID") or 0), data,
-                    int(system.get("Version") or 0), system.get("Channel"), system.get("EventRecordID"),
+                    int(system.get("Version") or 0), system.get("Channel"),
+                    system.get("EventRecordID") if record_id is None else record_id,
                     system.get("Computer"))
 
 
