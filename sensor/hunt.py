@@ -25,21 +25,23 @@ class Hunt:
         self.titles: dict[str, str] = {}
         self.problems: list = []
 
-    def _alerts(self, event: dict, where):
-        for rule in self.rules.match(event):
+    def _alerts(self, event: dict, rules: list, where: dict):
+        for rule in rules:
             self.per_rule[rule.id] += 1
             self.titles[rule.id] = rule.title
             a = alert(rule, event)
             a["rule"]["title"] = rule.title
-            a.update(where() if callable(where) else where)  # built for the few events that alert
+            a.update(where)
             a.setdefault("sensor", {}).setdefault("trigger", {})["event"] = event
             yield a
 
     def evtx(self, path: Path):
         """Alerts of one .evtx file."""
-        log_file = {"file": {"path": str(path)}}
+        log_file, match = {"file": {"path": str(path)}}, self.rules.match
         for event in self.normalized(path):
-            yield from self._alerts(event, lambda: {"log": log_file, "winlog": _record(event["winlog"])})
+            hits = match(event)
+            if hits:  # the alert's source fields, for the few events that alert
+                yield from self._alerts(event, hits, {"log": log_file, "winlog": _record(event["winlog"])})
 
     def normalized(self, path: Path):
         """Every event of the records of one .evtx file, finished as the live Event Log source
@@ -73,7 +75,7 @@ class Hunt:
             self.records += 1
             self.events += 1
             w = {**where, "winlog": event["winlog"]} if "winlog" in event else where
-            yield from self._alerts(event, w)
+            yield from self._alerts(event, self.rules.match(event), w)
         self.files += 1
 
 

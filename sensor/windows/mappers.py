@@ -9,6 +9,7 @@ import logging
 import ntpath
 import re
 from collections import OrderedDict
+from functools import lru_cache
 
 from ..processes import Proc, ProcessTable
 from ..schema import rfc3339
@@ -187,10 +188,9 @@ def _process_start(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
         return []
     cmd = v.get("command_line")
     args = split_command_line(cmd) if cmd else []
-    info = tuple((k, x) for k, x in (("pe.original_file_name", v.get("original_file_name")),
-                                     ("pe.product", v.get("product")), ("pe.company", v.get("company")),
-                                     ("pe.description", v.get("description"))) if x not in _ABSENT)
-    info += tuple((f"{k}.{algo}", digest) for k, sub in hashes(v.get("hashes")).items() for algo, digest in sub.items())
+    info = tuple([(k, v[f]) for k, f in _PE if f in v])  # v holds no absent values
+    if "hashes" in v:
+        info += _hash_info(v["hashes"])
     exe = _b(image) or b""
     fields = dict(ts_ns=ev.ts_ns, pid=pid, tid=ev.tid if ev.pid == pid else 0, ppid=ppid, start_ns=start,
                   parent_start_ns=0, uid=None, gid=None, euid=None, egid=None, argc=len(args),
@@ -205,6 +205,16 @@ def _process_start(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
         return [_with_command_line(fields, joined[0], joined[1])]
     m._starts[key] = (fields, ev.ts_ns + m.join_ns)
     return []
+
+
+_PE = (("pe.original_file_name", "original_file_name"), ("pe.product", "product"), ("pe.company", "company"),
+       ("pe.description", "description"))
+
+
+@lru_cache(maxsize=1024)
+def _hash_info(value: str) -> tuple:
+    """(`hash.sha256`, digest) pairs of Sysmon's Hashes; an image's starts repeat its string."""
+    return tuple((f"{k}.{algo}", digest) for k, sub in hashes(value).items() for algo, digest in sub.items())
 
 
 def _with_command_line(fields: dict, cmd: str, sid: str | None) -> ProcessExec:

@@ -4,6 +4,7 @@ mapping), and WindowsRuleSet evaluates them next to the Linux rules through the 
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 
 from sigma.processing.conditions import ExcludeFieldCondition, IncludeFieldCondition, LogsourceCondition
 from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
@@ -223,27 +224,38 @@ class WindowsRuleSet(RuleSet):
 
     def match(self, event: dict) -> list:
         hits = super().match(event)
-        if "winlog" in event:
-            hits += self.winlog.match(event) + self.winlog_any.match(event)
+        w = event.get("winlog")
+        if w is not None:
+            by_id, any_id = _categories(w.get("channel"), w.get("event_id"))
+            if by_id in self.winlog.index:  # most records have no service rule of their id
+                hits += self.winlog.match(event)
+            if any_id in self.winlog_any.index:
+                hits += self.winlog_any.match(event)
         return hits
 
 
 _SERVICE_OF = {channel.lower(): service for service, channels in SERVICES.items() for channel in channels}
 
 
+@lru_cache(maxsize=4096)
+def _categories(channel: str | None, event_id) -> tuple[str | None, str | None]:
+    """The service-rule categories of a record of `channel` with `event_id`: by its id, and any id."""
+    service = _SERVICE_OF.get((channel or "").lower())
+    return (f"winlog:{service}:{event_id}", f"winlog:{service}:*") if service else (None, None)
+
+
 class _Winlog(RuleSet):
     @staticmethod
     def category_of(event: dict) -> str | None:
         w = event["winlog"]
-        service = _SERVICE_OF.get((w.get("channel") or "").lower())
-        return f"winlog:{service}:{w.get('event_id')}" if service else None
+        return _categories(w.get("channel"), w.get("event_id"))[0]
 
 
 class _WinlogAny(RuleSet):
     @staticmethod
     def category_of(event: dict) -> str | None:
-        service = _SERVICE_OF.get((event["winlog"].get("channel") or "").lower())
-        return f"winlog:{service}:*" if service else None
+        w = event["winlog"]
+        return _categories(w.get("channel"), w.get("event_id"))[1]
 
 
 def load_rules(paths) -> WindowsRuleSet:
