@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .backend import system
 from .schema import get, parse_time
 from .store import compress
 
@@ -131,7 +132,7 @@ class CsvSink:
         w.writerows(["" if v is None else v for v in row] for row in f.rows)
         data = buf.getvalue().encode("utf-8", "surrogateescape")
         try:
-            fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = os.open(f.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | system.OPEN_FLAGS, 0o600)
             try:
                 os.write(fd, data)
             finally:

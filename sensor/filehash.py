@@ -3,6 +3,7 @@ import hashlib
 import os
 import stat
 
+from .backend import system
 from .ratelimit import TokenBucket
 from .schema import unescape
 
@@ -33,7 +34,7 @@ class ExecutableHasher:
             return
         path = os.fsencode(unescape(f["path"]) if "file.path" in event.get("sensor", {}).get("escaped", ()) else f["path"])
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = system.open_to_read(path)
         except OSError:
             self.stats["unreadable"] += 1
             return

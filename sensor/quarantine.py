@@ -8,11 +8,9 @@ import time
 import uuid
 from pathlib import Path
 
+from .backend import system
 from .errors import SensorError
 from .filehash import sha256_file as _sha256
-
-# Quarantining these would break the host; a policy must ask for it (allow_system: true).
-SYSTEM_PREFIXES = ("/usr/", "/bin/", "/sbin/", "/lib", "/etc/", "/boot/", "/opt/sensor")
 
 
 class Quarantine:
@@ -26,7 +24,7 @@ class Quarantine:
     def put(self, path: str, reason: dict, allow_system: bool = False) -> dict:
         """Moves path in; returns its record. Raises SensorError when it must not or cannot."""
         src = Path(os.path.realpath(path))
-        if not allow_system and str(src).startswith(SYSTEM_PREFIXES):
+        if not allow_system and system.system_file(str(src)):  # moving it would break the host
             raise SensorError(f"{src} is a system file: not quarantined (allow_system: true overrides)")
         st = src.stat()
         if not src.is_file():
@@ -68,7 +66,7 @@ class Quarantine:
             raise SensorError(f"quarantined file {qid} does not match its recorded sha256")
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(item / "file"), dest)
-        os.chown(dest, record["uid"], record["gid"])
+        system.set_owner(dest, record["uid"], record["gid"])
         os.chmod(dest, record["mode"])
         os.utime(dest, ns=(record["mtime_ns"], record["mtime_ns"]))
         shutil.rmtree(item)

@@ -14,6 +14,8 @@ import thriftpy2
 from thriftpy2.protocol import TCompactProtocolFactory
 from thriftpy2.utils import deserialize, serialize
 
+from .backend import system
+
 MAGIC = b"PAR1"
 INDEX_SUFFIX = ".segments"  # beside the file, hidden: one entry per segment
 ENTRY = struct.Struct("<QQ")  # where a segment ends, and the park file's read offset then
@@ -156,7 +158,7 @@ class SegmentWriter:
         self.path = Path(path)
         self.index_path = index_path(self.path)
         self.schema, self.options = schema, options
-        flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if after else os.O_TRUNC)
+        flags = os.O_WRONLY | os.O_CREAT | system.OPEN_FLAGS | (0 if after else os.O_TRUNC)
         self._fd = os.open(self.path, flags, 0o600)
         self._index = os.open(self.index_path, flags | os.O_APPEND, 0o600)
         if after is not None:

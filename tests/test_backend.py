@@ -89,10 +89,14 @@ import os, signal, sys, time
 import psutil
 for m in ("pwd", "grp", "fcntl", "resource"):
     sys.modules[m] = None
-for mod, names in ((os, ("O_CLOEXEC", "O_DIRECTORY", "pidfd_open", "major", "minor")),
+for mod, names in ((os, ("O_CLOEXEC", "O_DIRECTORY", "O_NOFOLLOW", "O_NONBLOCK", "chown", "pidfd_open", "major",
+                         "minor")),
                    (signal, ("SIGHUP",)), (time, ("CLOCK_BOOTTIME", "clock_gettime_ns"))):
     for n in names:
         delattr(mod, n)
+if sys.argv[1] == "-c":  # a check of its own, in this emulation
+    exec(sys.argv[2])
+    sys.exit(0)
 from sensor.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -113,7 +117,7 @@ def test_sensor_run_starts_on_the_windows_backend_without_posix_modules(tmp_path
     data = tmp_path / "data"
     rules = ROOT / "tests" / "data" / "sigma" / "rules" / "windows"
     r = subprocess.run([sys.executable, str(script), "run", "--data-dir", str(data), "--duration", "3",
-                        "--console", "off", "--rules", f"builtin,{rules}", "--health-interval", "1"],
+                        "--console", "off", "--rules", f"builtin,{rules}", "--health-interval", "1", "--sink", "csv"],
                        capture_output=True, text=True, timeout=120, cwd=ROOT,
                        env={**__import__("os").environ, "SENSOR_PLATFORM": "windows"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -138,6 +142,58 @@ def test_sensor_run_starts_on_the_windows_backend_without_posix_modules(tmp_path
     # the process cache was seeded without uids: a seeded process's user is its account name
     execs = [e for e in events if e["event"].get("action") == "exec" or e["event"]["dataset"] == "host.processes"]
     assert execs
+    # the CSV sink opened its files with the platform's flags, not O_CLOEXEC: a table per collector
+    tables = {p.name.split("-")[0].removesuffix(".csv") for p in (data / "csv").iterdir()}
+    assert {"hw_resources", "processes"} <= tables, tables
+
+
+# the quarantine and the executable hasher as Windows runs them: no chown, no O_NOFOLLOW/O_NONBLOCK
+QUARANTINE_AS_WINDOWS = r"""
+import os, stat
+from pathlib import Path
+from sensor.backend import NAME, system
+from sensor.filehash import ExecutableHasher, sha256_file
+from sensor.quarantine import Quarantine
+
+assert NAME == "windows" and not hasattr(os, "chown")
+tmp = Path(os.environ["TMP_DIR"])
+exe = tmp / "tool.exe"
+exe.write_bytes(b"MZ" + os.urandom(64))
+exe.chmod(0o755)
+digest = sha256_file(exe)
+h = ExecutableHasher()
+event = {"event": {"action": "create"}, "file": {"path": str(exe), "mode": "0755"}}
+h.annotate(event)
+assert event["file"]["hash"]["sha256"] == digest, event
+link = tmp / "link.exe"
+link.symlink_to(exe)
+linked = {"event": {"action": "create"}, "file": {"path": str(link), "mode": "0755"}}
+h.annotate(linked)
+assert "hash" not in linked["file"] and h.stats["unreadable"] == 1, (linked, h.stats)
+q = Quarantine(tmp / "data")
+record = q.put(str(exe), {"rule": "test"})
+assert not exe.exists()
+back = q.restore(record["id"])
+assert Path(back["restored_to"]) == exe and sha256_file(exe) == digest
+assert stat.S_IMODE(exe.stat().st_mode) == 0o755 and q.list() == []
+assert system.system_file(os.environ.get("SystemRoot", r"C:\Windows") + r"\System32\cmd.exe")
+assert system.system_file(r"c:\windows\system32\CMD.EXE") and not system.system_file(r"C:\Users\a\x.exe")
+print("ok")
+"""
+
+
+def test_quarantine_and_hashing_run_without_posix_calls(tmp_path):
+    """A quarantined file comes back whole without os.chown; executables are hashed, and
+    symlinks refused, without O_NOFOLLOW; Windows' own directories count as system files."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_as_windows.py"
+    script.write_text(RUN_AS_WINDOWS)
+    r = subprocess.run([sys.executable, str(script), "-c", QUARANTINE_AS_WINDOWS], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env={**os.environ, "SENSOR_PLATFORM": "windows", "TMP_DIR": str(tmp_path)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 
 def test_the_live_event_log_path_gives_what_sensor_hunt_gives(tmp_path):

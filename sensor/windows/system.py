@@ -154,3 +154,25 @@ OPEN_FLAGS = getattr(os, "O_BINARY", 0) | getattr(os, "O_NOINHERIT", 0)  # absen
 
 def fsync_dir(path):
     """Nothing to do: os.open cannot open a directory here, and NTFS journals the rename."""
+
+
+def open_to_read(path) -> int:
+    """A file descriptor to read `path`, refusing a symlink: os.open has no O_NOFOLLOW here, so
+    the link is checked first (a FIFO cannot be opened as a file at all)."""
+    if os.path.islink(path):
+        raise OSError(errno.ELOOP, "a symbolic link: not followed", path)
+    return os.open(path, os.O_RDONLY | OPEN_FLAGS)
+
+
+def set_owner(path, uid: int, gid: int):
+    """Nothing to do: a file's owner here is in its ACL, which a move keeps; stat's uid and gid are 0."""
+
+
+# the OS and installed programs (quarantined only when a policy says so), wherever Windows lives
+SYSTEM_PREFIXES = tuple(p.rstrip("\\").lower() + "\\" for p in (
+    os.environ.get("SystemRoot", r"C:\Windows"), os.environ.get("ProgramFiles", r"C:\Program Files"),
+    os.environ.get("ProgramFiles(x86)", r"C:\Program Files (x86)"), r"C:\ProgramData\sensor"))
+
+
+def system_file(path: str) -> bool:
+    return path.lower().startswith(SYSTEM_PREFIXES)  # NTFS names are case-blind
