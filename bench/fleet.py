@@ -65,10 +65,12 @@ def record_sample(path: Path, seconds: float = 6.0) -> None:
 
 # -- a host process: several simulated hosts, each a real NatsSink ----------------------------
 
-def host_worker(hosts: list[str], sample: str, url: str, outbox_root: str, rate: float, stop, stats):
+def host_worker(hosts: list[str], sample: str, url: str, outbox_root: str, rate: float, nice: int, stop, stats):
     """Replays the sample as each of `hosts`, `rate` events/s in all, through one NatsSink per
     host; puts {host: sink.stats() + written} on `stats` every STAT_INTERVAL."""
     import orjson
+
+    os.nice(nice)  # real hosts run elsewhere: here they take what the central side leaves
 
     from sensor.fleet.broker import BrokerOptions
     from sensor.fleet.nats_sink import NatsSink
@@ -106,13 +108,15 @@ def host_worker(hosts: list[str], sample: str, url: str, outbox_root: str, rate:
 class Hosts:
     """`procs` processes sharing `hosts` simulated hosts; the latest stats of each host."""
 
-    def __init__(self, n_hosts: int, procs: int, rate: float, sample: Path, url: str, outbox_root: Path):
+    def __init__(self, n_hosts: int, procs: int, rate: float, sample: Path, url: str, outbox_root: Path,
+                 nice: int = 0):
         ctx = mp.get_context("spawn")  # no fork of a process with threads
         self.stop_event, self.queue = ctx.Event(), ctx.Queue()
         names = [f"bench-host-{i:02d}" for i in range(n_hosts)]
         groups = [names[i::procs] for i in range(procs)]
         self.procs = [ctx.Process(target=host_worker, args=(g, str(sample), url, str(outbox_root),
-                                                             rate * len(g) / n_hosts, self.stop_event, self.queue),
+                                                             rate * len(g) / n_hosts, nice, self.stop_event,
+                                                             self.queue),
                                   daemon=True) for g in groups if g]
         self.latest: dict[str, dict] = {}
         for p in self.procs:
@@ -213,7 +217,7 @@ def drain_figures(dsn: str, t0: float, t1: float) -> tuple[int, float]:
     return n, (float(last) - t0) if last else 0.0
 
 
-def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, label: str) -> dict:
+def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, label: str, drain: bool = True) -> dict:
     """Hosts offer `rate` events/s for --duration (figures over the window after WARMUP); then
     the hosts stop and the collectors drain what the stream holds for --drain seconds: the
     central side's rate without the simulated hosts on the same cores."""
@@ -227,7 +231,7 @@ def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, 
     cols = [Collector(tmp / f"collect-{label}-{i}.log", nats.url, dsn, "--batch", str(args.batch))
             for i in range(collectors_n)]
     outboxes = tmp / f"outbox-{label}"
-    hosts = Hosts(args.hosts, args.procs, rate, args.sample, nats.url, outboxes)
+    hosts = Hosts(args.hosts, args.procs, rate, args.sample, nats.url, outboxes, args.host_nice)
     groups = {"hosts": hosts.pids(), "nats-server": [nats.proc.pid], "collectors": [c.proc.pid for c in cols],
               "postgres": [pg.proc.pid]}
     try:
@@ -242,7 +246,7 @@ def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, 
         hosts.close()
         central = ("collectors", "postgres")
         cpu2, t2 = {k: cpu_seconds(groups[k]) for k in central}, time.time()
-        time.sleep(args.drain)
+        time.sleep(args.drain if drain else 0)
         t3 = time.time()
         drain_cpu = {k: cpu_seconds(groups[k]) - cpu2[k] for k in central}
     finally:
@@ -258,10 +262,12 @@ def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, 
     out["cpu_us_per_event"] = {k: round(v * 1e6 / max(published if k in ("hosts", "nats-server") else stored, 1), 1)
                                for k, v in cpu.items()}  # hosts and broker per published, the rest per stored
     out["cpu_cores"] = {k: round(v / (t1 - t0), 2) for k, v in cpu.items()}
-    n, took = drain_figures(dsn, t2, t3)
-    out["drain"] = {"stored": n, "seconds": round(took, 1), "stored_per_s": round(n / took) if took else 0,
-                    "cpu_us_per_event": {k: round(v * 1e6 / max(n, 1), 1) for k, v in drain_cpu.items()},
-                    "stream_emptied": took < args.drain - 1}
+    out["drain"] = None
+    if drain:
+        n, took = drain_figures(dsn, t2, t3)
+        out["drain"] = {"stored": n, "seconds": round(took, 1), "stored_per_s": round(n / took) if took else 0,
+                        "cpu_us_per_event": {k: round(v * 1e6 / max(n, 1), 1) for k, v in drain_cpu.items()},
+                        "stream_emptied": took < args.drain - 1}
     out["collector_stored"] = [c.stored() for c in cols]
     (dups,), = query(dsn, "SELECT count(*) - count(DISTINCT id) FROM events")
     out["duplicate_rows"] = dups
@@ -276,7 +282,7 @@ def bench_outage(args, tmp: Path, nats) -> dict:
     started again on the same store; how the outboxes grow, and how long they take to drain."""
     reset_stream(nats.url)
     outboxes = tmp / "outbox-outage"
-    hosts = Hosts(args.hosts, args.procs, args.outage_rate, args.sample, nats.url, outboxes)
+    hosts = Hosts(args.hosts, args.procs, args.outage_rate, args.sample, nats.url, outboxes, args.host_nice)
     try:
         time.sleep(WARMUP)
         nats.stop(signal.SIGKILL)
@@ -314,16 +320,17 @@ def write_docs(res: dict):
         rows.append(f"| {'latency run' if r['label'] == 'latency' else 'throughput'} | {r['collectors']} | "
                     f"{r['offered_per_s']:,} | {r['published_per_s']:,} | **{r['stored_per_s']:,}** ({kept}) | "
                     f"{r['latency_p50_s']:.2f} | {r['latency_p99_s']:.2f} | {cpu['hosts']:.0f} / {cpu['nats-server']:.0f} / "
-                    f"{cpu['collectors']:.0f} / {cpu['postgres']:.0f} | {d['stored_per_s']:,} "
-                    f"({d['cpu_us_per_event']['collectors']:.0f} / {d['cpu_us_per_event']['postgres']:.0f}) | "
-                    f"{r['duplicate_rows']} |")
+                    f"{cpu['collectors']:.0f} / {cpu['postgres']:.0f} | " + (
+                        f"{d['stored_per_s']:,} ({d['cpu_us_per_event']['collectors']:.0f} / "
+                        f"{d['cpu_us_per_event']['postgres']:.0f})" if d else "") + f" | {r['duplicate_rows']} |")
     o, a = res["outage"], res["args"]
     drain = f"{o['drain_s']} s" if o["drain_s"] is not None else f"not within {a['drain_limit']:g} s"
     update_section("fleet", f"""## Fleet
 
 Measured by bench/fleet.py on {res['machine']}, {res['date']}: the benchmark's own nats-server
 {res['nats_version']} and PostgreSQL {res['pg_version']} (fsync off, as in the tests), {a['hosts']} simulated hosts in
-{a['procs']} processes and the collectors all share the machine's cores{res['load_note']}. The hosts replay
+{a['procs']} processes (at nice {a['host_nice']}: on a fleet they do not take the central side's cores) and the
+collectors all share the machine's cores{res['load_note']}. The hosts replay
 {res['sample_events']:,} events recorded by a real `sensor run` (mean {res['sample_bytes_mean']:,} bytes of JSON;
 host.id and event.id rewritten per host, `@timestamp` stamped when replayed) through the real nats sink
 (outbox, publisher thread, one connection each); `sensor collect --batch {a['batch']}` stores them.
@@ -382,7 +389,9 @@ def main():
     ap.add_argument("--collectors", default="1,2", help="collector counts to run (1,2)")
     ap.add_argument("--outage", type=float, default=10, help="seconds nats-server is down (10)")
     ap.add_argument("--outage-rate", type=float, default=10_000, help="events/s offered around the outage (10,000)")
-    ap.add_argument("--drain-limit", type=float, default=60)
+    ap.add_argument("--drain-limit", type=float, default=60, help="seconds the outboxes may take to drain (60)")
+    ap.add_argument("--host-nice", type=int, default=10,
+                    help="nice of the simulated hosts: on a fleet they do not share the central cores (10)")
     ap.add_argument("--sample", type=Path, help="JSON lines to replay (default: recorded now by `sensor run`)")
     args = ap.parse_args()
     if args.hosts < 1 or args.procs < 1 or args.rate <= 0 or args.duration <= 0:
@@ -413,7 +422,7 @@ def main():
                                   for n in args.collectors.split(",")]}
             best = max(res["throughput"], key=lambda r: r["stored_per_s"])
             rate = args.latency_rate or round(0.7 * best["stored_per_s"], -2)
-            res["latency"] = bench_throughput(args, tmp, nats, pg, best["collectors"], rate, "latency")
+            res["latency"] = bench_throughput(args, tmp, nats, pg, best["collectors"], rate, "latency", drain=False)
             res["outage"] = bench_outage(args, tmp, nats)
         finally:
             nats.stop()
