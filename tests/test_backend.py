@@ -228,3 +228,74 @@ def test_the_live_event_log_path_gives_what_sensor_hunt_gives(tmp_path):
                           e["winlog"]["provider_name"] == "Microsoft-Windows-Sysmon" and
                           isinstance(e["winlog"]["record_id"], int) and e["process"]["command_line"] for e in starts)
     assert src.stats()["lost_user"] == 0
+
+
+def _etw_start(ev) -> dict:
+    """The Kernel-Process start ETW gives for the process a Sysmon 1 record names (pywintrace's
+    shape, as tests/data/windows/etw_events.json holds it): its pid, parent, image and creation time."""
+    from sensor.windows.winevent import FILETIME_EPOCH, time_ns
+
+    created = time_ns(ev.data["UtcTime"]) // 100 + FILETIME_EPOCH
+    return {"EventHeader": {"ProcessId": 4, "ThreadId": 8, "TimeStamp": created + 1,
+                            "ProviderId": "{22FB2CD6-0E7B-422B-A0C7-2FAD1FD0E716}",
+                            "EventDescriptor": {"Id": 1, "Version": 3}},
+            "ProcessID": ev.data["ProcessId"], "ParentProcessID": ev.data["ParentProcessId"],
+            "CreateTime": str(created), "ImageName": ev.data["Image"], "SessionID": 0}
+
+
+def test_a_process_that_etw_and_sysmon_both_report_starts_once(tmp_path):
+    """With ETW's Kernel-Process and the Event Log's Sysmon 1 both on, each process gets one exec
+    event: the first report's. The later one is merged into the process cache (Sysmon's working
+    directory and account name join ETW's process) and counted in the Event Log source's stats."""
+    from evtx import PyEvtxParser
+
+    from sensor.processes import ProcessTable
+    from sensor.windows.eventlog import EventLogSource
+    from sensor.windows.host import RecordedHost
+    from sensor.windows.mappers import Mapper
+    from sensor.windows.starts import Starts
+    from sensor.windows.winevent import from_event_xml, from_pywintrace
+
+    path = ROOT / "tests" / "data" / "evtx" / "sysmon-first-4-chunks.evtx"
+    xml = [rec["data"] for rec in PyEvtxParser(str(path)).records()]
+    sysmon = [e for e in map(from_event_xml, xml) if e.event_id == 1]
+    assert len(sysmon) > 100 and len({e.data["ProcessId"] for e in sysmon}) < len(sysmon)  # pids reused, later
+
+    def sensor(etw_first: bool):
+        """What build_sources wires: one Starts for the ETW mapper and the Event Log source."""
+        table, starts = ProcessTable(RecordedHost(str(path), "recorded")), Starts()
+        etw, src = Mapper(None, starts=starts), EventLogSource(Mapper(None, starts=starts))
+        src.process_table(table)
+        events = []
+
+        def from_etw():
+            records = [r for e in sysmon for r in etw.map(from_pywintrace(1, _etw_start(e)))] + etw.flush()
+            events.extend(table.handle(r) for r in records)  # the pipeline's part for ETW records
+
+        def from_eventlog():
+            src._queue.extend(xml)
+            events.extend(src.poll())
+        for step in ((from_etw, from_eventlog) if etw_first else (from_eventlog, from_etw)):
+            step()
+        return events, table, src
+
+    events, table, src = sensor(etw_first=True)
+    execs = [e for e in events if e["event"].get("action") == "exec"]
+    # one per process, a reused pid included (another start time): ETW's, the first
+    assert sorted(e["process"]["pid"] for e in execs) == sorted(int(e.data["ProcessId"]) for e in sysmon)
+    assert all("winlog" not in e for e in execs)
+    assert src.stats()["merged_starts"] == len(sysmon)
+    first = sysmon[0]
+    proc = table.live[int(first.data["ProcessId"])]
+    assert proc.cwd == first.data["CurrentDirectory"]  # Sysmon's, merged into ETW's process
+    assert proc.account["qualified_name"] == first.data["User"]
+    # every started process's cache entry has them, so its later events (its exit) carry them
+    latest = {int(e.data["ProcessId"]): e for e in sysmon}
+    assert all(table.live[pid].ecs(table.host)["working_directory"] == e.data["CurrentDirectory"] and
+               table.live[pid].account["name"] for pid, e in latest.items())
+
+    events, table, src = sensor(etw_first=False)  # Sysmon's came first: ETW's repeats are dropped
+    execs = [e for e in events if e is not None and e["event"].get("action") == "exec"]
+    assert len(execs) == len(sysmon) and all(e["winlog"]["event_id"] == 1 for e in execs)
+    assert all(e["process"]["hash"]["sha256"] for e in execs)  # Sysmon's richer fields
+    assert src.stats()["merged_starts"] == len(sysmon)

@@ -79,7 +79,9 @@ class EventLogSource:
         return None
 
     def stats(self) -> dict:
-        return {"lost_kernel": 0, "lost_user": self.overflow, "queue_bytes": 0}
+        starts = self.mapper.starts  # reports of a process another source had reported: merged
+        return {"lost_kernel": 0, "lost_user": self.overflow, "queue_bytes": 0,
+                "merged_starts": starts.merged if starts is not None else 0}
 
     def detach(self):
         self._subscriptions.clear()  # closing the handles ends the subscriptions

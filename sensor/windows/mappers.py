@@ -18,6 +18,7 @@ from . import activity
 from .fields import ABSENT as _ABSENT, account, basename, hashes, module_of, number as _int  # noqa: F401 (module_of: API)
 from .paths import Drives, registry_path
 from .providers import EventDef, load
+from .starts import Starts
 from .winevent import WinEvent, time_ns
 
 log = logging.getLogger("sensor.windows")
@@ -79,10 +80,12 @@ class Mapper:
     installs). Kernel-Process starts wait up to `join_seconds` for the NT Kernel Logger's start of
     the same process, which has the command line (osquery joins them the same way)."""
 
-    def __init__(self, table: ProcessTable | None, drives: Drives | None = None, join_seconds: float = 1.0):
+    def __init__(self, table: ProcessTable | None, drives: Drives | None = None, join_seconds: float = 1.0,
+                 starts: Starts | None = None):
         """`table`: the process cache the records will reach, which `known` fills ahead of them;
-        None where another owns it (live sources: the pipeline's)."""
-        self.table, self.drives = table, drives or Drives()
+        None where another owns it (live sources: the pipeline's). `starts`: the process starts
+        other sources reported (sensor.windows.starts), so a process gets one exec event."""
+        self.table, self.drives, self.starts = table, drives or Drives(), starts
         self.join_ns = int(join_seconds * 1e9)
         self.defs = {(p.name.lower(), eid): e for p in load().values() for eid, e in p.events.items()}
         self._starts: OrderedDict[tuple, tuple] = OrderedDict()  # (pid, ppid) -> (ProcessExec fields, deadline)
@@ -187,6 +190,9 @@ def _process_start(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
             proc.ppid = ppid
         return []
     cmd = v.get("command_line")
+    if m.starts is not None and not m.starts.first(pid, start):  # another source reported it first
+        _merge(m, pid, start, v)
+        return []
     args = split_command_line(cmd) if cmd else []
     info = tuple([(k, v[f]) for k, f in _PE if f in v])  # v holds no absent values
     if "hashes" in v:
@@ -205,6 +211,20 @@ def _process_start(m: Mapper, ev: WinEvent, d: EventDef, v: dict) -> list:
         return [_with_command_line(fields, joined[0], joined[1])]
     m._starts[key] = (fields, ev.ts_ns + m.join_ns)
     return []
+
+
+def _merge(m: Mapper, pid: int, start: int, v: dict):
+    """What a repeated report of a cached process adds to it: a working directory, account names
+    (Sysmon's beside ETW's SID); its exec event has gone out already."""
+    proc = m.table.live.get(pid) if m.table is not None else None
+    if proc is None or abs(proc.start_ns - start) > m.starts.window_ns:
+        return
+    cwd = m.drives.path(v.get("cwd"))
+    if cwd and proc.cwd is None:
+        proc.set_image(proc.executable, proc.args or [], cwd, proc.truncated, proc.args_count, proc.command_line)
+    account = _account(v)
+    if account:
+        proc.account = {**dict(account), **(proc.account or {})}
 
 
 _PE = (("pe.original_file_name", "original_file_name"), ("pe.product", "product"), ("pe.company", "company"),

@@ -23,9 +23,11 @@ def build_sources(cfg, blocked=None) -> list:
     from .eventlog import EventLogSource
     from .mappers import Mapper
     from .providers import load
+    from .starts import Starts
 
     p = load()
-    mapper = Mapper(None)  # one for all sessions: the kernel logger's command lines join Kernel-Process starts
+    starts = Starts()  # a process that ETW and the Event Log both report starts once
+    mapper = Mapper(None, starts=starts)  # one for all sessions: the kernel logger's command lines join Kernel-Process starts
     sources = []
     if cfg["process.enabled"]:
         if cfg["process.backend"] == "psutil":
@@ -34,7 +36,7 @@ def build_sources(cfg, blocked=None) -> list:
             sources += [EtwSource("process", [p["Microsoft-Windows-Kernel-Process"]], mapper),
                         EtwSource("process.command_line", [p["Windows Kernel Trace"]], mapper)]
         # Sysmon and Security 4688, where they are on; its own mapper: no ETW join to wait for
-        sources.append(EventLogSource(Mapper(None)))
+        sources.append(EventLogSource(Mapper(None, starts=starts)))
     if cfg["files.enabled"]:
         if cfg["files.backend"] == "watchdog":
             sources.append(portable.file_source(cfg, WATCH_PATHS))
