@@ -228,13 +228,14 @@ def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, 
     pg.query(f"DROP DATABASE IF EXISTS {db}")
     pg.query(f"CREATE DATABASE {db}")
     dsn = pg.dsn.rsplit("/", 1)[0] + f"/{db}"
-    cols = [Collector(tmp / f"collect-{label}-{i}.log", nats.url, dsn, "--batch", str(args.batch))
-            for i in range(collectors_n)]
     outboxes = tmp / f"outbox-{label}"
-    hosts = Hosts(args.hosts, args.procs, rate, args.sample, nats.url, outboxes, args.host_nice)
-    groups = {"hosts": hosts.pids(), "nats-server": [nats.proc.pid], "collectors": [c.proc.pid for c in cols],
-              "postgres": [pg.proc.pid]}
+    cols, hosts = [], None
     try:
+        for i in range(collectors_n):
+            cols.append(Collector(tmp / f"collect-{label}-{i}.log", nats.url, dsn, "--batch", str(args.batch)))
+        hosts = Hosts(args.hosts, args.procs, rate, args.sample, nats.url, outboxes, args.host_nice)
+        groups = {"hosts": hosts.pids(), "nats-server": [nats.proc.pid], "collectors": [c.proc.pid for c in cols],
+                  "postgres": [pg.proc.pid]}
         time.sleep(WARMUP)
         hosts.poll()
         cpu0 = {k: cpu_seconds(v) for k, v in groups.items()}
@@ -250,7 +251,8 @@ def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, 
         t3 = time.time()
         drain_cpu = {k: cpu_seconds(groups[k]) - cpu2[k] for k in central}
     finally:
-        hosts.close()
+        if hosts is not None:
+            hosts.close()
         for c in cols:
             c.stop()
     published = sent1 - sent0
