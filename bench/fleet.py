@@ -1,15 +1,17 @@
 """Fleet: simulated hosts replay events recorded by a real `sensor run` through the real nats sink
 (outbox, publisher thread) into a nats-server of our own, and `sensor collect` stores them in a
 PostgreSQL of our own. Writes the Fleet section of docs/performance.md, sizing figures into
-docs/fleet.md and bench/results/fleet.json.
+docs/fleet.md and bench/results/fleet.json. About 3 minutes with the defaults.
 
-    .venv/bin/python bench/fleet.py [--hosts 20] [--procs 4] [--rate 25000] [--duration 20]
-                                    [--outage 10] [--sample FILE.jsonl]
+    .venv/bin/python bench/fleet.py [--hosts 20] [--procs 4] [--rate 25000] [--duration 15]
+                                    [--collectors 1,2] [--backlog 150000] [--outage 10] [--sample FILE.jsonl]
 
 (a) events/s stored from --hosts hosts offering --rate events/s in all, with 1 and with 2
-collectors; (b) latency from an event's creation (the @timestamp the host stamps just before
-sink.write) to the commit of its row (PostgreSQL's track_commit_timestamp), p50 and p99;
-(c) outbox growth while nats-server is down for --outage seconds, and the time to drain it.
+collectors, everything on this machine; the central side alone (the stream filled, then drained
+by the collectors); (b) latency from an event's creation (the @timestamp the host stamps just
+before sink.write) to the commit of its row (PostgreSQL's track_commit_timestamp), p50 and p99,
+at 70% of the best rate of (a); (c) outbox growth while nats-server is down for --outage
+seconds, and the time to drain it.
 """
 from __future__ import annotations
 
@@ -207,27 +209,19 @@ def window_figures(dsn: str, t0: float, t1: float) -> dict:
             "latency_p99_s": round(p99, 3), "latency_max_s": round(pmax, 3)}
 
 
-def drain_figures(dsn: str, t0: float, t1: float) -> tuple[int, float]:
-    """Rows committed in [t0, t1] and the time from t0 to the last of them."""
-    from fleetservers import query
-
-    (n, last), = query(dsn, """SELECT count(*), extract(epoch FROM max(c)) FROM (
-        SELECT pg_xact_commit_timestamp((tx::text)::xid) AS c FROM events) x
-        WHERE c BETWEEN to_timestamp(%s) AND to_timestamp(%s)""", t0, t1)
-    return n, (float(last) - t0) if last else 0.0
+def fresh_db(pg, name: str) -> str:
+    pg.query(f"DROP DATABASE IF EXISTS {name}")
+    pg.query(f"CREATE DATABASE {name}")
+    return pg.dsn.rsplit("/", 1)[0] + f"/{name}"
 
 
-def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, label: str, drain: bool = True) -> dict:
-    """Hosts offer `rate` events/s for --duration (figures over the window after WARMUP); then
-    the hosts stop and the collectors drain what the stream holds for --drain seconds: the
-    central side's rate without the simulated hosts on the same cores."""
+def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, label: str) -> dict:
+    """Hosts offer `rate` events/s for --duration; figures over the window after WARMUP."""
     from fleetservers import Collector, query
 
     reset_stream(nats.url)
     db = f"bench_{label}"
-    pg.query(f"DROP DATABASE IF EXISTS {db}")
-    pg.query(f"CREATE DATABASE {db}")
-    dsn = pg.dsn.rsplit("/", 1)[0] + f"/{db}"
+    dsn = fresh_db(pg, db)
     outboxes = tmp / f"outbox-{label}"
     cols, hosts = [], None
     try:
@@ -244,12 +238,6 @@ def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, 
         sent1, written1, t1 = hosts.total("sent"), hosts.total("written"), time.time()
         cpu = {k: cpu_seconds(v) - cpu0[k] for k, v in groups.items()}
         backlog = hosts.total("queued")
-        hosts.close()
-        central = ("collectors", "postgres")
-        cpu2, t2 = {k: cpu_seconds(groups[k]) for k in central}, time.time()
-        time.sleep(args.drain if drain else 0)
-        t3 = time.time()
-        drain_cpu = {k: cpu_seconds(groups[k]) - cpu2[k] for k in central}
     finally:
         if hosts is not None:
             hosts.close()
@@ -264,17 +252,52 @@ def bench_throughput(args, tmp: Path, nats, pg, collectors_n: int, rate: float, 
     out["cpu_us_per_event"] = {k: round(v * 1e6 / max(published if k in ("hosts", "nats-server") else stored, 1), 1)
                                for k, v in cpu.items()}  # hosts and broker per published, the rest per stored
     out["cpu_cores"] = {k: round(v / (t1 - t0), 2) for k, v in cpu.items()}
-    out["drain"] = None
-    if drain:
-        n, took = drain_figures(dsn, t2, t3)
-        out["drain"] = {"stored": n, "seconds": round(took, 1), "stored_per_s": round(n / took) if took else 0,
-                        "cpu_us_per_event": {k: round(v * 1e6 / max(n, 1), 1) for k, v in drain_cpu.items()},
-                        "stream_emptied": took < args.drain - 1}
     out["collector_stored"] = [c.stored() for c in cols]
     (dups,), = query(dsn, "SELECT count(*) - count(DISTINCT id) FROM events")
     out["duplicate_rows"] = dups
     pg.query(f"DROP DATABASE {db}")
     shutil.rmtree(outboxes, ignore_errors=True)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def bench_central(args, tmp: Path, nats, pg, collectors_n: int) -> dict:
+    """The central side alone: the hosts fill the stream with --backlog events and stop; then
+    the collectors drain it into PostgreSQL, nothing else of the benchmark running."""
+    from fleetservers import Collector, query
+
+    reset_stream(nats.url)
+    dsn = fresh_db(pg, f"central_{collectors_n}")
+    outboxes = tmp / f"outbox-central-{collectors_n}"
+    hosts = Hosts(args.hosts, args.procs, args.rate, args.sample, nats.url, outboxes, args.host_nice)
+    try:
+        deadline = time.monotonic() + 120
+        while hosts.total("sent") < args.backlog and time.monotonic() < deadline:
+            hosts.poll(STAT_INTERVAL)
+    finally:
+        hosts.close()
+    shutil.rmtree(outboxes, ignore_errors=True)
+    n = stream_messages(nats.url)
+    cols = []
+    try:
+        for i in range(collectors_n):
+            cols.append(Collector(tmp / f"collect-central-{collectors_n}-{i}.log", nats.url, dsn,
+                                  "--batch", str(args.batch)))
+        pids = {"collectors": [c.proc.pid for c in cols], "postgres": [pg.proc.pid]}
+        cpu0 = {k: cpu_seconds(v) for k, v in pids.items()}
+        deadline = time.monotonic() + 120
+        while query(dsn, "SELECT count(*) FROM events")[0][0] < n and time.monotonic() < deadline:
+            time.sleep(0.5)
+        cpu = {k: cpu_seconds(v) - cpu0[k] for k, v in pids.items()}  # start-up included: a little high
+    finally:
+        for c in cols:
+            c.stop()
+    (stored, first, last), = query(dsn, """SELECT count(*), extract(epoch FROM min(c)), extract(epoch FROM max(c))
+        FROM (SELECT pg_xact_commit_timestamp((tx::text)::xid) AS c FROM events) x""")
+    span = float(last) - float(first) if stored else 0.0
+    out = {"collectors": collectors_n, "backlog": n, "stored": stored, "seconds": round(span, 1),
+           "stored_per_s": round(stored / span) if span else 0,
+           "cpu_us_per_event": {k: round(v * 1e6 / max(stored, 1), 1) for k, v in cpu.items()}}
     print(json.dumps(out), flush=True)
     return out
 
@@ -317,14 +340,15 @@ def bench_outage(args, tmp: Path, nats) -> dict:
 def write_docs(res: dict):
     rows = []
     for r in res["throughput"] + [res["latency"]]:
-        cpu, d = r["cpu_us_per_event"], r["drain"]
+        cpu = r["cpu_us_per_event"]
         kept = "kept up" if r["stored_per_s"] >= 0.95 * r["offered_per_s"] else "fell behind"
         rows.append(f"| {'latency run' if r['label'] == 'latency' else 'throughput'} | {r['collectors']} | "
                     f"{r['offered_per_s']:,} | {r['published_per_s']:,} | **{r['stored_per_s']:,}** ({kept}) | "
                     f"{r['latency_p50_s']:.2f} | {r['latency_p99_s']:.2f} | {cpu['hosts']:.0f} / {cpu['nats-server']:.0f} / "
-                    f"{cpu['collectors']:.0f} / {cpu['postgres']:.0f} | " + (
-                        f"{d['stored_per_s']:,} ({d['cpu_us_per_event']['collectors']:.0f} / "
-                        f"{d['cpu_us_per_event']['postgres']:.0f})" if d else "") + f" | {r['duplicate_rows']} |")
+                    f"{cpu['collectors']:.0f} / {cpu['postgres']:.0f} | {r['duplicate_rows']} |")
+    central = [f"| {c['collectors']} | {c['backlog']:,} | {c['seconds']:g} | **{c['stored_per_s']:,}** | "
+               f"{c['cpu_us_per_event']['collectors']:.0f} / {c['cpu_us_per_event']['postgres']:.0f} |"
+               for c in res["central"]]
     o, a = res["outage"], res["args"]
     drain = f"{o['drain_s']} s" if o["drain_s"] is not None else f"not within {a['drain_limit']:g} s"
     update_section("fleet", f"""## Fleet
@@ -338,12 +362,19 @@ host.id and event.id rewritten per host, `@timestamp` stamped when replayed) thr
 (outbox, publisher thread, one connection each); `sensor collect --batch {a['batch']}` stores them.
 Rates over {a['duration']:g} s after a {WARMUP:g} s warm-up. Latency: from an event's `@timestamp` to the
 commit of its row (`track_commit_timestamp`). CPU: µs per event of hosts and nats-server (per
-published event) and of collectors and PostgreSQL (per stored event). Drain: the hosts stopped, the
-collectors empty the stream for up to {a['drain']:g} s: the central side alone on the machine.
+published event) and of collectors and PostgreSQL (per stored event).
 
-| run | collectors | offered /s | published /s | stored /s | latency p50 s | p99 s | CPU µs: hosts / nats / collectors / postgres | drain stored /s (CPU µs: collectors / postgres) | duplicate rows |
-| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |
+| run | collectors | offered /s | published /s | stored /s | latency p50 s | p99 s | CPU µs: hosts / nats / collectors / postgres | duplicate rows |
+| --- | --- | --- | --- | --- | --- | --- | --- | --- |
 {chr(10).join(rows)}
+
+The central side alone, as on a fleet where the hosts run elsewhere: the hosts fill the stream
+with at least {a['backlog']:,} events and stop, then the collectors (started then; `--writers 2` each) drain it into
+PostgreSQL; the rate runs from the first commit to the last.
+
+| collectors | events in the stream | seconds | stored /s | CPU µs per event: collectors / postgres (start-up included) |
+| --- | --- | --- | --- | --- |
+{chr(10).join(central)}
 
 Broker down: {o['hosts']} hosts offering {o['offered_per_s']:,} events/s, nats-server killed -9 for
 {o['outage_s']:g} s: the outboxes grew to {o['outbox_events']:,} events ({o['outbox_bytes'] / 2**20:.1f} MiB,
@@ -361,13 +392,14 @@ def write_fleet_doc(res: dict):
     doc = ROOT / "docs" / "fleet.md"
     best = max(res["throughput"], key=lambda r: r["stored_per_s"])
     lat, o = res["latency"], res["outage"]
-    d = max((r["drain"] for r in res["throughput"]), key=lambda d: d["stored_per_s"])
+    d = max(res["central"], key=lambda c: c["stored_per_s"])
     body = (f"Measured by `bench/fleet.py` ({res['date']}, {res['machine']}{res['load_note']}; the table is in "
             f"docs/performance.md). {res['args']['hosts']} simulated hosts, nats-server, the collectors and "
             f"PostgreSQL on the same 2 cores: {best['stored_per_s']:,} events/s stored with {best['collectors']} "
             f"collector(s) (offered {best['offered_per_s']:,}); at {lat['offered_per_s']:,} events/s offered, latency "
             f"from creation to commit p50 {lat['latency_p50_s']:.2f} s, p99 {lat['latency_p99_s']:.2f} s. The central "
-            f"side alone (hosts stopped, a backlog in the stream) stored {d['stored_per_s']:,} events/s. CPU per event: "
+            f"side alone (hosts stopped, a backlog in the stream) stored {d['stored_per_s']:,} events/s with "
+            f"{d['collectors']} collector(s). CPU per event: "
             f"a host's publishing {best['cpu_us_per_event']['hosts']:.0f} µs (replay included), nats-server "
             f"{best['cpu_us_per_event']['nats-server']:.0f} µs, a collector {d['cpu_us_per_event']['collectors']:.0f} µs, "
             f"PostgreSQL {d['cpu_us_per_event']['postgres']:.0f} µs. An outbox record takes about "
@@ -385,7 +417,8 @@ def main():
     ap.add_argument("--procs", type=int, default=4, help="processes the hosts are spread over (4)")
     ap.add_argument("--rate", type=float, default=25_000, help="events/s all hosts offer together (25,000)")
     ap.add_argument("--duration", type=float, default=15, help="measured seconds per run (15)")
-    ap.add_argument("--drain", type=float, default=6, help="seconds the collectors drain the stream after a run (6)")
+    ap.add_argument("--backlog", type=int, default=150_000,
+                    help="events the hosts leave in the stream for the central-side runs (150,000)")
     ap.add_argument("--latency-rate", type=float, help="events/s for the latency run (default: 70%% of the best stored rate)")
     ap.add_argument("--batch", type=int, default=1000, help="the collectors' --batch (1000)")
     ap.add_argument("--collectors", default="1,2", help="collector counts to run (1,2)")
@@ -424,7 +457,8 @@ def main():
                                   for n in args.collectors.split(",")]}
             best = max(res["throughput"], key=lambda r: r["stored_per_s"])
             rate = args.latency_rate or round(0.7 * best["stored_per_s"], -2)
-            res["latency"] = bench_throughput(args, tmp, nats, pg, best["collectors"], rate, "latency", drain=False)
+            res["latency"] = bench_throughput(args, tmp, nats, pg, best["collectors"], rate, "latency")
+            res["central"] = [bench_central(args, tmp, nats, pg, int(n)) for n in args.collectors.split(",")]
             res["outage"] = bench_outage(args, tmp, nats)
         finally:
             nats.stop()
