@@ -117,3 +117,17 @@ def test_nine_in_ten_sigmahq_process_creation_rules_load():
     rules = load_rules([SIGMA / "process_creation"])
     ok = sum(r.status == "ok" for r in rules.reports)
     assert len(rules.reports) > 1000 and ok >= 0.9 * len(rules.reports), (ok, len(rules.reports))
+
+
+def test_a_service_rule_meets_only_its_channels_records():
+    """System's rules match System records; the same event id and fields from another channel
+    (Security) or from no Event Log at all meet none of them."""
+    from sensor.windows.sigma import load_rules
+
+    rules = load_rules([RULES / "rules" / "windows" / "builtin" / "system"])
+    record = {"event": {"kind": "event", "dataset": "winlog", "code": "7023"},
+              "winlog": {"channel": "System", "event_id": 7023, "provider_name": "Service Control Manager",
+                         "event_data": {"param1": "x", "param2": "y"}}}
+    assert [r.title for r in rules.match(record)] == ["Windows Service Terminated With Error"]
+    assert rules.match({**record, "winlog": {**record["winlog"], "channel": "Security"}}) == []
+    assert rules.match({"event": record["event"]}) == []

@@ -135,8 +135,9 @@ def pipeline() -> ProcessingPipeline:
         items.append(ProcessingItem(AddFieldnamePrefixTransformation(EVENT_DATA), rule_conditions=when(),
                                     field_name_conditions=[ExcludeFieldCondition([r"winlog\..*"], "re")],
                                     identifier=f"sensor_{service}_raw"))
-        items.append(ProcessingItem(AddConditionTransformation({"winlog.channel": channels}), rule_conditions=when(),
-                                    identifier=f"sensor_{service}_channel"))
+        # no winlog.channel condition: a service rule meets only its channels' records (its index is
+        # chosen by channel, see _categories), and a condition that always holds there would be the
+        # literal the index picks, making the rule a candidate for every record of its event id
     return ProcessingPipeline(name="sensor: Sysmon and Security fields to the sensor's schema", priority=20,
                               items=items)
 
