@@ -114,3 +114,29 @@ def test_python_constants_are_header_enums():
 def test_comm_is_task_comm_len(btf):
     for name in ("exec_event", "fork_event", "exit_event", "tamper_event", "file_event", "net_event", "sec_event"):
         assert btf.struct(name)[1]["comm"][1] == wire.TASK_COMM_LEN
+
+
+@pytest.mark.parametrize("name", ["exec_event", "fork_event", "exit_event", "net_event"])
+def test_reader_reads_each_field_where_ctypes_does(name):
+    """wire.reader (the hot decoders' struct unpack) agrees with the ctypes struct field by field,
+    in any order asked, on a record whose every scalar and byte string holds a distinct value."""
+    dtype = wire.STRUCTS[name]
+    rec = np.zeros(1, dtype)
+    picked = []
+    for i, f in enumerate(dtype.names):
+        sub = dtype.fields[f][0]
+        if sub.shape or sub.names:
+            continue
+        if sub.kind in "SV":
+            rec[f] = bytes([65 + i % 26]) * (sub.itemsize - 1)
+        else:
+            rec[f] = (i * 2654435761 + 7) % (1 << (8 * sub.itemsize - 1))
+        picked.append(f)
+    raw = rec.tobytes()
+    c = wire.CTYPES[name].from_buffer_copy(raw)
+    for fields in (tuple(picked), tuple(reversed(picked)), tuple(picked[1::2])):
+        got = wire.reader(name, fields)(raw)
+        # byte strings come whole, where ctypes cuts char arrays at the first NUL
+        want = tuple(raw[dtype.fields[f][1]:dtype.fields[f][1] + dtype.fields[f][0].itemsize]
+                     if dtype.fields[f][0].kind in "SV" else getattr(c, f) for f in fields)
+        assert got == want

@@ -20,11 +20,16 @@ log = logging.getLogger("sensor.linux.process")
 OBJECT = Path(__file__).resolve().parent.parent / "bpf" / "process.bpf.o"
 LSM_OBJECT = OBJECT.with_name("lsm.bpf.o")
 
-# Records are read by field name through ctypes structs (from_buffer_copy copies only the fixed part):
-# faster than numpy for one record at a time; char arrays read as bytes up to their NUL.
-_EXEC, _FORK, _EXIT, _TAMPER, _FILE_KEY = (wire.CTYPES[n] for n in (
-    "exec_event", "fork_event", "exit_event", "tamper_event", "file_key"))
-_EXEC_SIZE = ctypes.sizeof(_EXEC)  # data[] starts here
+# Records are read by field name (wire.reader: one struct unpack at the BTF-checked offsets).
+_EXEC_FIELDS = wire.reader("exec_event", (
+    "ts_ns", "pid", "tid", "ppid", "start_ns", "parent_start_ns", "uid", "gid", "euid", "egid", "argc",
+    "comm", "loginuid", "sessionid", "cgroup_id", "args_len", "filename_len", "exe_len", "cwd_len", "flags"))
+_FORK_FIELDS = wire.reader("fork_event", (
+    "ts_ns", "pid", "tid", "child_pid", "child_tid", "start_ns", "parent_start_ns", "uid", "comm", "flags"))
+_EXIT_FIELDS = wire.reader("exit_event", ("ts_ns", "pid", "ppid", "start_ns", "exit_code", "comm"))
+_TAMPER = wire.CTYPES["tamper_event"]  # rare: read through ctypes
+_FILE_KEY = wire.CTYPES["file_key"]
+_EXEC_SIZE = ctypes.sizeof(wire.CTYPES["exec_event"])  # data[] starts here
 _TYPE, _TYPE_AT = struct.Struct("<I"), wire.CTYPES["event_header"].type.offset
 _TRUNC = ((wire.FLAG_ARGS_TRUNCATED, "args"), (wire.FLAG_FILENAME_TRUNCATED, "filename"),
           (wire.FLAG_EXE_TRUNCATED, "executable"), (wire.FLAG_CWD_TRUNCATED, "cwd"))
@@ -40,9 +45,11 @@ def kernel_path(components: bytes | None) -> bytes | None:
     """A path the kernel sent as dentry names leaf first, NUL-terminated: b"echo\\0bin\\0usr\\0"."""
     if components is None:
         return None
-    # a detached tree's root is named "/": not a component
-    parts = [p for p in components.split(b"\0") if p and p != b"/"]
-    return b"/" + b"/".join(reversed(parts))
+    parts = components.rstrip(b"\0").split(b"\0")
+    if b"" in parts or b"/" in parts:  # a detached tree's root is named "/": not a component
+        parts = [p for p in parts if p and p != b"/"]
+    parts.reverse()
+    return b"/" + b"/".join(parts)
 
 
 def decode(raw: bytes):
@@ -51,37 +58,37 @@ def decode(raw: bytes):
     if kind == wire.EVENT_EXEC:
         return _decode_exec(raw)
     if kind == wire.EVENT_FORK:
-        r = _FORK.from_buffer_copy(raw)
-        return ProcessFork(r.ts_ns, r.pid, r.tid, r.child_pid, r.child_tid, r.start_ns, r.parent_start_ns, r.uid,
-                           r.comm, thread=bool(r.flags & wire.FLAG_THREAD))
+        ts, pid, tid, child, child_tid, start, parent_start, uid, comm, flags = _FORK_FIELDS(raw)
+        return ProcessFork(ts, pid, tid, child, child_tid, start, parent_start, uid, _cstr(comm),
+                           bool(flags & wire.FLAG_THREAD))
+    if kind == wire.EVENT_EXIT:
+        ts, pid, ppid, start, code, comm = _EXIT_FIELDS(raw)
+        return ProcessExit(ts, pid, ppid, start, code, _cstr(comm))
     if kind == wire.EVENT_TAMPER:
         r = _TAMPER.from_buffer_copy(raw)
         return Tamper(r.ts_ns, r.pid, r.tid, r.target_pid, r.sig if r.kind == wire.TAMPER_SIGNAL else 0,
                       r.request, r.comm)
-    if kind == wire.EVENT_EXIT:
-        r = _EXIT.from_buffer_copy(raw)
-        return ProcessExit(r.ts_ns, r.pid, r.ppid, r.start_ns, r.exit_code, r.comm)
     if kind == wire.EVENT_BLOCKED:  # the activity programs' blocked opens share this ring
         return decode_blocked(raw)
     return None
 
 
 def _decode_exec(raw: bytes) -> ProcessExec:
-    r = _EXEC.from_buffer_copy(raw)
-    args_len, exe_len, cwd_len, flags = r.args_len, r.exe_len, r.cwd_len, r.flags
+    (ts, pid, tid, ppid, start, parent_start, uid, gid, euid, egid, argc, comm, loginuid, sessionid, cgroup,
+     args_len, filename_len, exe_len, cwd_len, flags) = _EXEC_FIELDS(raw)
     # data[] holds argv, the name passed to execve, the executable and cwd, back to back
     fn_at = _EXEC_SIZE + args_len
-    exe_at = fn_at + r.filename_len
+    exe_at = fn_at + filename_len
     cwd_at = exe_at + exe_len
     args = raw[_EXEC_SIZE:fn_at].split(b"\0")
     if args[-1] == b"":  # the block ends in a NUL unless it was cut
         args.pop()
     return ProcessExec(
-        r.ts_ns, r.pid, r.tid, r.ppid, r.start_ns, r.parent_start_ns, r.uid, r.gid, r.euid, r.egid, r.argc,
+        ts, pid, tid, ppid, start, parent_start, uid, gid, euid, egid, argc,
         tuple(args), _cstr(raw[fn_at:exe_at]),
         kernel_path(raw[exe_at:cwd_at]) if exe_len else None,
         kernel_path(raw[cwd_at:cwd_at + cwd_len]) if cwd_len else None,
-        r.comm, r.loginuid, r.sessionid, r.cgroup_id,
+        _cstr(comm), loginuid, sessionid, cgroup,
         frozenset(name for bit, name in _TRUNC if flags & bit) if flags & _TRUNC_ANY else _NONE,
         bool(flags & wire.FLAG_BLOCKED), bool(flags & wire.FLAG_WRITTEN),
     )
