@@ -251,8 +251,9 @@ class Pipeline:
                 self.uploader.close(0)
             raise
         # What start-up built (rules, modules, the seeded process table) lives as long as the
-        # sensor: frozen, the collector's full passes skip it. An exec storm spent 11 us of
-        # each exec's ~100 in the cyclic GC, 2.6 with this (bench: docs/performance.md).
+        # sensor: frozen, the collector's full passes skip it (11 ms a pass with the builtin
+        # rules alone, more with large rule sets). An exec storm's young collections are
+        # unchanged by it: 2.6 us per exec either way (bench/replay.py).
         gc.collect()
         gc.freeze()
         return self
