@@ -23,6 +23,7 @@ PACKAGING = ROOT / "packaging"
 # (a virtualenv links to the python that made it)
 SYSTEM_PYTHON = "/usr/bin/python3.11"
 PREFIX = "/opt/sensor"
+PURE_SDISTS = ("nkeys>=0.2",)  # dependencies with no wheel on PyPI, pure Python (pyproject.toml)
 
 
 def version() -> str:
@@ -41,6 +42,15 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
+def pure_wheels(work: Path) -> Path:
+    """work/pure-wheels: wheels of the pure-Python dependencies published only as source (nkeys),
+    for every platform's install (packaging them compiles nothing)."""
+    local = work / "pure-wheels"
+    run(sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "--no-deps", "-w", local,
+        *PURE_SDISTS)
+    return local
+
+
 def stage_linux(wheel: Path, work: Path) -> Path:
     """work/linux-root: /opt/sensor (the virtualenv), /usr/bin/sensor, the config and the docs."""
     root = work / "linux-root"
@@ -49,7 +59,7 @@ def stage_linux(wheel: Path, work: Path) -> Path:
     run(SYSTEM_PYTHON, "-m", "venv", "--without-pip", venv)
     # binary wheels only: a package build never compiles a dependency from source
     run(sys.executable, "-m", "pip", "--python", venv / "bin/python", "install", "-q", "--disable-pip-version-check",
-        "--only-binary=:all:", "--no-compile", "--no-warn-script-location", wheel)
+        "--only-binary=:all:", "--find-links", pure_wheels(work), "--no-compile", "--no-warn-script-location", wheel)
     site = next(venv.glob("lib/python3*/site-packages"))
     for junk in site.glob("*.dist-info/direct_url.json"):
         junk.unlink()  # names the build directory's wheel
@@ -157,7 +167,7 @@ def main(argv=None) -> int:
     if "msi" in formats:
         from msi import build_msi
 
-        step("msi", build_msi, wheel, work, out, ver)
+        step("msi", build_msi, wheel, work, out, ver, pure_wheels(work))
     print(f"packages of sensor {ver} in {out} after {sum(timings.values()):.0f}s")
     return 0
 

@@ -28,12 +28,12 @@ def _pip(*args):
     subprocess.run([sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", *map(str, args)], check=True)
 
 
-def _requires(wheel: Path) -> list[Requirement]:
+def _requires(wheel: Path, extras=("",)) -> list[Requirement]:
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         msg = Parser().parsestr(z.read(meta).decode())
     reqs = [Requirement(r) for r in msg.get_all("Requires-Dist") or []]
-    return [r for r in reqs if r.marker is None or r.marker.evaluate({**WINDOWS, "extra": ""})]
+    return [r for r in reqs if r.marker is None or any(r.marker.evaluate({**WINDOWS, "extra": e}) for e in extras)]
 
 
 def _spec(r: Requirement) -> str:
@@ -45,11 +45,12 @@ def _name(wheel: Path) -> str:
     return canonicalize_name(wheel.name.split("-")[0])
 
 
-def vendor_wheels(sensor_wheel: Path, wheels: Path) -> list[Path]:
-    """Downloads win_amd64 wheels until every Windows requirement has one; fails naming a
-    dependency that has none (no source builds for another platform)."""
+def vendor_wheels(sensor_wheel: Path, wheels: Path, find_links: Path | None = None) -> list[Path]:
+    """Downloads win_amd64 wheels until every Windows requirement has one (`find_links`: a folder
+    of pure-Python wheels built here); fails naming a dependency that has none (no source builds
+    for another platform)."""
     wheels.mkdir(parents=True, exist_ok=True)
-    reqs = _requires(sensor_wheel)
+    reqs = _requires(sensor_wheel, ("", "windows"))  # the sensor's `windows` extra: pywin32 for the service
     for r in reqs:
         if r.url:  # a pinned git commit, say: no wheel to vendor from PyPI
             print(f"msi: {r.name} is not vendored (from {r.url}); install it into that Python by hand", file=sys.stderr)
@@ -60,7 +61,7 @@ def vendor_wheels(sensor_wheel: Path, wheels: Path) -> list[Path]:
         if not missing:
             return [have[name] for name in sorted(wanted)]
         try:
-            _pip("download", *TARGET, "-d", wheels, *missing)
+            _pip("download", *TARGET, *(["--find-links", find_links] if find_links else []), "-d", wheels, *missing)
         except subprocess.CalledProcessError:
             raise SystemExit(f"msi: no win_amd64 wheel for one of: {', '.join(missing)}") from None
         have = {_name(w): w for w in wheels.glob("*.whl")}
@@ -70,8 +71,8 @@ def vendor_wheels(sensor_wheel: Path, wheels: Path) -> list[Path]:
     raise SystemExit(f"msi: dependencies still missing after 20 rounds: {', '.join(missing)}")
 
 
-def build_msi(sensor_wheel: Path, work: Path, out: Path, ver: str) -> Path:
-    deps = vendor_wheels(sensor_wheel, work / "wheels-win")  # kept: a cache for the next build
+def build_msi(sensor_wheel: Path, work: Path, out: Path, ver: str, pure: Path | None = None) -> Path:
+    deps = vendor_wheels(sensor_wheel, work / "wheels-win", pure)  # kept: a cache for the next build
     stage = work / "msi"
     shutil.rmtree(stage, ignore_errors=True)
     lib, bin_ = stage / "lib", stage / "bin"
