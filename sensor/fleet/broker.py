@@ -110,9 +110,12 @@ async def connect(opts: BrokerOptions, name: str, *, timeout: float = 5.0, callb
     import nats
 
     reasons: list = []
+    up = False
 
     async def on_error(exc):  # nats-py reports every failed attempt here: keep the reason
-        reasons.append(exc)
+        if not up:  # the server's refusal, not the connection drop that follows it
+            reasons.append(exc)
+            exc = _telling(reasons)
         if callbacks is not None and "error" in callbacks:
             callbacks["error"](exc)
 
@@ -123,13 +126,23 @@ async def connect(opts: BrokerOptions, name: str, *, timeout: float = 5.0, callb
         nc = await asyncio.wait_for(nats.connect(name=name, allow_reconnect=True, connect_timeout=2,
                                                  reconnect_time_wait=0.5, max_reconnect_attempts=-1,
                                                  error_cb=on_error, **cb, **options, **opts.connect_kwargs()), timeout)
+        up = True
         return nc
     except ConfigError:
         raise
     except Exception as exc:  # nats-py raises its own, OSError, ssl errors: all mean "cannot connect"
-        why = describe(reasons[-1]) if reasons else (
+        why = describe(_telling(reasons)) if reasons else (
             f"no answer within {timeout:g}s" if isinstance(exc, asyncio.TimeoutError) else describe(exc))
         raise BrokerError(f"cannot connect to {','.join(opts.urls)}: {why}") from None
+
+
+# what a server says when it turns a client away; the reset or EOF that follows says nothing
+_REFUSAL = re.compile(r"authori[sz]ation|authentication|permissions? violation|certificate", re.I)
+
+
+def _telling(reasons: list) -> BaseException:
+    """Of one connection attempt's errors, the last refusal, else the last error."""
+    return next((e for e in reversed(reasons) if _REFUSAL.search(str(e))), reasons[-1])
 
 
 def describe(exc: BaseException) -> str:

@@ -96,14 +96,16 @@ class NatsSink:
 
     async def _run(self):
         nc, backoff, saved = None, 0.2, time.monotonic()
+        refused_at_close = False  # unconnected at close: one more attempt, not a wait for the broker
         while True:
             self._drain()
             stopping = self._stop.is_set()
-            if stopping and (not self.outbox.pending or nc is None or time.monotonic() >= self._close_by):
+            if stopping and (not self.outbox.pending or refused_at_close or time.monotonic() >= self._close_by):
                 break
             if nc is None:
                 nc = await self._connect()
                 if nc is None:
+                    refused_at_close = stopping
                     await self._sleep(backoff)
                     backoff = min(backoff * 2, 5.0)
                     continue
