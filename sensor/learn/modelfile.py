@@ -115,8 +115,12 @@ def run_score(scores: list[float], held: list[float] | None) -> float:
     if held is None:
         return max(scores)
     held = np.asarray(held)
-    beyond = len(held) - np.searchsorted(held, max(scores), side="left")  # held-out scores >= it
+    top = max(scores)
+    beyond = len(held) - np.searchsorted(held, top, side="left")  # held-out scores >= it
     p = (1 + beyond) / (1 + len(held))
+    if not beyond:  # past every held-out score: p keeps falling with the excess, so such runs are
+        # still ordered (a few held-out scores would otherwise leave them all tied at 1/(N+1))
+        p *= (1 + max(float(held[-1]) if len(held) else 0.0, 0.0)) / (1 + top)
     return float(-np.log10(-np.expm1(len(scores) * np.log1p(-p)))) if p < 1 else 0.0
 
 

@@ -35,17 +35,21 @@ class Process:
     def program_calls(self) -> list[str]:
         """Its calls from its exec on: from the last of its first run of execve calls (a PATH
         search fails at each directory first). What a forked child did before exec depends on
-        the program that forked it, not on the one it runs; a process that never execs: all."""
+        the program that forked it, not on the one it runs; a process that never execs: all.
+        Signal handlers' returns are left out: a handler runs wherever its signal lands, so
+        where its return falls is timing, not the program (dash's SIGCHLD landing before or
+        after its wait4 made two sequences of one script, and false alarms on normal runs)."""
         calls = self.calls
         i = next((i for i, c in enumerate(calls) if c in EXECS), None)
         if i is None:
-            return calls
+            i = 0
         while i + 1 < len(calls) and calls[i + 1] in EXECS:
             i += 1
-        return calls[i:]
+        return [c for c in calls[i:] if c not in SIGNAL_RETURNS]
 
 
 EXECS = frozenset({"execve", "execveat"})
+SIGNAL_RETURNS = frozenset({"rt_sigreturn", "sigreturn"})
 
 
 @dataclass
