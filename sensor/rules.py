@@ -13,6 +13,9 @@ from sigma import conditions as sc
 from sigma import types as st
 from sigma.collection import SigmaCollection
 from sigma.exceptions import SigmaError
+from sigma.processing.conditions import LogsourceCondition
+from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
+from sigma.processing.transformations import FieldMappingTransformation
 from sigma.rule import SigmaRule
 
 from .errors import ConfigError
@@ -50,6 +53,22 @@ FIELDS = {
                        "SourceUser": "user.name", "TargetImage": "target.process.executable",
                        "TargetProcessId": "target.process.pid", "GrantedAccess": "security.ptrace_request"},
 }
+# Sysmon's Initiated=true/false is read from network.direction by the evaluator (see _field), so
+# the pipeline leaves that name as it is
+_BY_NAME = {"Initiated"}
+
+
+def pipeline() -> ProcessingPipeline:
+    """Sigma's field names to the schema's, per logsource category (FIELDS), in pySigma's
+    processing-pipeline form, as sensor.windows.sigma maps Sysmon's and the Security log's."""
+    return ProcessingPipeline(
+        name="sensor: Sigma fields to the sensor's schema", priority=20,
+        items=[ProcessingItem(FieldMappingTransformation({k: v for k, v in mapping.items() if k not in _BY_NAME}),
+                              rule_conditions=[LogsourceCondition(category=cat)], identifier=f"sensor_{cat}")
+               for cat, mapping in FIELDS.items()])
+
+
+_PIPELINE = pipeline()
 _YAML = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the same documents, parsed in C where libyaml is built in
 SEVERITY = {"informational": 1, "low": 21, "medium": 47, "high": 73, "critical": 99}
 
@@ -311,9 +330,14 @@ def compile_rule(rule: SigmaRule, path: str, products=("linux",), fields: dict |
         raise Unsupported(f"logsource category {ls.category!r} is not produced by this sensor")
     if len(rule.detection.parsed_condition) != 1:
         raise Unsupported("more than one condition")
+    if fields is None:  # the Sigma names become schema paths; a name left over has no source here
+        _PIPELINE.apply(rule)
+        mapping = FIELDS[ls.category]
+        fields = {path: path for name, path in mapping.items() if name not in _BY_NAME}
+        fields.update({name: mapping[name] for name in _BY_NAME & mapping.keys()})
     tree = rule.detection.parsed_condition[0].parse()
     used: set[str] = set()
-    fields = dict(FIELDS[ls.category] if fields is None else fields)
+    fields = dict(fields)
     match = _compile(tree, _Recorder(fields, used))
     authors = rule.author if isinstance(rule.author, str) else ", ".join(rule.author or [])
     return Rule(id=str(rule.id), title=rule.title, description=(rule.description or "").strip(),
