@@ -62,7 +62,7 @@ class MetricsSource(TimerSource):
         counters = self._counters()
         times = _asdict(psutil.cpu_times_percent())
         freq = psutil.cpu_freq()
-        load = os.getloadavg()
+        load = psutil.getloadavg()  # os.getloadavg has no Windows half; psutil emulates it there
         cpu = {"usage": round(psutil.cpu_percent() / 100, 4), **{k: v for k, v in times.items()},
                "cores": psutil.cpu_percent(percpu=True), "count": psutil.cpu_count(),
                "load": {"1m": load[0], "5m": load[1], "15m": load[2]}}

@@ -89,7 +89,8 @@ import os, signal, sys, time
 import psutil
 for m in ("pwd", "grp", "fcntl", "resource"):
     sys.modules[m] = None
-for mod, names in ((os, ("O_CLOEXEC", "O_DIRECTORY", "O_NOFOLLOW", "O_NONBLOCK", "chown", "pidfd_open", "major",
+for mod, names in ((os, ("O_CLOEXEC", "O_DIRECTORY", "O_NOFOLLOW", "O_NONBLOCK", "chown", "pidfd_open", "major", "getloadavg",
+                         "getuid", "geteuid",
                          "minor")),
                    (signal, ("SIGHUP",)), (time, ("CLOCK_BOOTTIME", "clock_gettime_ns"))):
     for n in names:
