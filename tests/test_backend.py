@@ -197,6 +197,39 @@ def test_quarantine_and_hashing_run_without_posix_calls(tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
 
 
+# the fleet's outbox as Windows runs it: its segments written, read back and acknowledged
+OUTBOX_AS_WINDOWS = r"""
+import os
+from pathlib import Path
+from sensor.fleet.outbox import Outbox
+box = Outbox(Path(os.environ["TMP_DIR"]) / "outbox", segment_bytes=4096)
+records = [b"sensor.events.h.process id%d {}\n" % i for i in range(500)]
+box.append(records)
+got = []
+while len(got) < 500:
+    batch = box.read(100)
+    box.ack(batch[-1][0], len(batch))
+    got += [r for _, r in batch]
+assert got == records and box.pending == 0, (len(got), box.pending)
+box.close()
+print("ok")
+"""
+
+
+def test_fleet_outbox_runs_without_posix_calls(tmp_path):
+    """The outbox (and with it `--sink nats`) opens its segments with the platform's flags:
+    written across segments, read back whole and acknowledged without O_CLOEXEC."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run_as_windows.py"
+    script.write_text(RUN_AS_WINDOWS)
+    r = subprocess.run([sys.executable, str(script), "-c", OUTBOX_AS_WINDOWS], capture_output=True, text=True,
+                       timeout=120, cwd=ROOT, env={**os.environ, "SENSOR_PLATFORM": "windows", "TMP_DIR": str(tmp_path)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-3000:]
+
+
 def test_the_live_event_log_path_gives_what_sensor_hunt_gives(tmp_path):
     """The Event Log source's records (EvtRender's XML, here rendered by the evtx package from
     recorded Sysmon logs) become the same events as `sensor hunt` makes of the .evtx file,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 
+from ..backend import system
 from ..errors import SensorError
 from . import queries, tree
 from .index import LocalIndex
@@ -70,7 +71,7 @@ class LocalBackend:
         rec = {"alert_id": alert_id, "state": state, "note": note, "by": user,
                "at": datetime.now(timezone.utc).isoformat()}
         with self._write_lock:
-            fd = os.open(self.states_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.states_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | system.OPEN_FLAGS, 0o600)
             try:
                 os.write(fd, orjson.dumps(rec) + b"\n")
                 os.fsync(fd)

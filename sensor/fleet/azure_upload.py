@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..backend import system
 from ..errors import ConfigError
 
 log = logging.getLogger("sensor.fleet.azure")
@@ -154,7 +155,7 @@ class AzureUploader:
             os.replace(tmp, self._state)
 
     def _record(self, key: str, size: int, md5: bytes):
-        fd = os.open(self._state, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fd = os.open(self._state, os.O_WRONLY | os.O_CREAT | os.O_APPEND | system.OPEN_FLAGS, 0o600)
         try:
             os.write(fd, f"{key} {size} {md5.hex()}\n".encode())
             os.fsync(fd)

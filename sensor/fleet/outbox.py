@@ -5,6 +5,8 @@ import logging
 import os
 from pathlib import Path
 
+from ..backend import system
+
 log = logging.getLogger("sensor.fleet.outbox")
 
 # A record is one line: `SUBJECT MSGID JSON\n`. orjson escapes every control character, so
@@ -38,7 +40,8 @@ class Outbox:
         if self._acked[0] not in self._segments:  # nothing of the acked segment left: start afresh
             self._acked = (self._segments[0], 0)
         self._cut_partial(self._segments[-1])
-        self._wfd = os.open(self._path(self._segments[-1]), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self._wfd = os.open(self._path(self._segments[-1]), os.O_WRONLY | os.O_CREAT | os.O_APPEND | system.OPEN_FLAGS,
+                            0o600)
         self._wsize = os.fstat(self._wfd).st_size
         self.size = sum(self._path(n).stat().st_size for n in self._segments) - self._acked[1]
         self.pending = sum(self._count(n) for n in self._segments)  # records not yet acknowledged
@@ -68,7 +71,7 @@ class Outbox:
             os.close(self._wfd)
             n = self._segments[-1] + 1
             self._segments.append(n)
-            self._wfd = os.open(self._path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self._wfd = os.open(self._path(n), os.O_WRONLY | os.O_CREAT | os.O_APPEND | system.OPEN_FLAGS, 0o600)
             self._wsize = 0
         return take
 
@@ -156,7 +159,7 @@ class Outbox:
         if self._rfd is None or self._rfd[0] != seg:
             if self._rfd is not None:
                 os.close(self._rfd[1])
-            self._rfd = (seg, os.open(self._path(seg), os.O_RDONLY | os.O_CLOEXEC))
+            self._rfd = (seg, os.open(self._path(seg), os.O_RDONLY | system.OPEN_FLAGS))
         return self._rfd[1]
 
     def _close_reader(self, seg: int):
