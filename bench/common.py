@@ -11,13 +11,16 @@ measured within one run, not absolute times. Raw figures: bench/results/ (not co
 """
 
 
-def update_section(name: str, body: str):
-    """Replaces this benchmark's section (between its markers), keeping the others."""
-    text = DOC.read_text() if DOC.exists() else HEAD
+def update_section(name: str, body: str, doc: Path = DOC, add: bool = True):
+    """Replaces this benchmark's section (between its markers) of `doc`, keeping the others;
+    a section not there yet is appended, unless `add` is false (a page that places it itself)."""
+    text = doc.read_text() if doc.exists() else HEAD
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     if begin in text:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
+    elif add:
         text = text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
+    else:
+        return
+    doc.write_text(text)

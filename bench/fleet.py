@@ -387,8 +387,6 @@ outboxes when the hosts stopped).
 
 def write_fleet_doc(res: dict):
     """The measured figures in docs/fleet.md's Sizing section, between its markers."""
-    import re
-
     doc = ROOT / "docs" / "fleet.md"
     best = max(res["throughput"], key=lambda r: r["stored_per_s"])
     lat, o = res["latency"], res["outage"]
@@ -404,11 +402,7 @@ def write_fleet_doc(res: dict):
             f"{best['cpu_us_per_event']['nats-server']:.0f} µs, a collector {d['cpu_us_per_event']['collectors']:.0f} µs, "
             f"PostgreSQL {d['cpu_us_per_event']['postgres']:.0f} µs. An outbox record takes about "
             f"{o['outbox_bytes'] / max(o['outbox_events'], 1):.0f} bytes.")
-    text = doc.read_text()
-    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
-    if begin in text:
-        text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{body}\n{end}", text, flags=re.S)
-        doc.write_text(text)
+    update_section("bench", body, doc, add=False)
 
 
 def main():
