@@ -137,15 +137,11 @@ class Pipeline:
                 self.emit(blocked)
         if self.rules is not None:
             for rule in self.rules.match(event):
-                a = alert(rule, event)
-                self.emit(a)
-                if self.responder is not None:
-                    for response in self.responder.respond(a):
-                        self.emit(response)
+                self.raise_alert(alert(rule, event))
 
     def raise_alert(self, a: dict):
-        """An alert made outside the rule engine (sensor.learn.live): stored, notified and
-        responded to as a Sigma rule's is."""
+        """An alert, a Sigma rule's or one made outside the rule engine (sensor.learn.live):
+        stored, notified and responded to."""
         self.emit(a)
         if self.responder is not None:
             for response in self.responder.respond(a):
