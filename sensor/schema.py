@@ -53,13 +53,13 @@ def unescape(s: str) -> bytes:
 
 def rfc3339(unix_ns: int) -> str:
     """`@timestamp`: UTC with nanoseconds, e.g. 2026-11-24T23:38:01.123456789Z."""
-    secs, ns = divmod(unix_ns, 1_000_000_000)
+    secs = unix_ns // 1_000_000_000  # operators: cheaper than divmod's call and tuple
     head = _SECONDS.get(secs)
     if head is None:  # events come in bursts within a second; processes' starts repeat
         if len(_SECONDS) >= 4096:
             _SECONDS.clear()
         head = _SECONDS[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
-    return "%s%09dZ" % (head, ns)  # %-formatting: twice as fast as an f-string with a call in it
+    return "%s%09dZ" % (head, unix_ns - secs * 1_000_000_000)  # %-formatting: twice as fast as an f-string with a call
 
 
 _SECONDS: dict[int, str] = {}
@@ -106,13 +106,12 @@ class Stamper:
 
     def stamp(self, event: dict, boot_ns: int | None = None) -> dict:
         seq = next(self._seq)
-        unix_ns = self.host.unix_ns(boot_ns) if boot_ns is not None else time.time_ns()
         ev = event.setdefault("event", {})
         ev["sequence"] = seq
-        ev["id"] = f"{self._boot}-{seq:x}"
+        ev["id"] = "%s-%x" % (self._boot, seq)
         if "kind" not in ev:
             ev["kind"] = "event"
-        event["@timestamp"] = rfc3339(unix_ns)
+        event["@timestamp"] = rfc3339(time.time_ns() if boot_ns is None else boot_ns + self.host.boot_offset_ns)
         # the host's identity, beside what a source put under host (host.metrics)
         event["host"] = {**event["host"], **self.host.ecs} if "host" in event else self.host.ecs
         event["agent"] = self._agent
