@@ -95,8 +95,8 @@ class Collector:
         """Rows of the events among msgs; a document is kept only where the hosts table needs it
         (a host's first event in the batch, health), so the rest are freed at once."""
         rows, docs, good, bad, seen = [], [], [], [], set()
-        for m in msgs:
-            decoded = decode(m.data)
+        for m in msgs:  # (reply, data, subject)
+            decoded = decode(m[1])
             if decoded is None:
                 bad.append(m)
                 continue
@@ -129,11 +129,14 @@ class Collector:
         if not await write:
             return writer
         for m in good:  # committed: now, and only now, acknowledged
-            await nc.publish(m.reply, b"+ACK")
-        for m in bad:  # never a valid event, never will be: counted, and not redelivered forever
+            await nc.publish(m[0].decode(), b"+ACK")
+        for reply, _, subject in bad:  # never a valid event, never will be: counted, and not redelivered forever
+            from nats.aio.msg import Msg
+
             self.bad += 1
-            log.warning("collect: message %s on %s is not an event, dropped", m.metadata.sequence.stream, m.subject)
-            await nc.publish(m.reply, b"+TERM")
+            log.warning("collect: message %s on %s is not an event, dropped",
+                        Msg.Metadata._from_reply(reply.decode()).sequence.stream, subject.decode(errors="replace"))
+            await nc.publish(reply.decode(), b"+TERM")
         return writer
 
     def summary(self) -> str:

@@ -1,5 +1,5 @@
 """Rows into the central store: events decoded from the stream, written in one transaction per
-batch, idempotently, with the hosts table kept up to date."""
+batch (one binary COPY), idempotently, with the hosts table kept up to date."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
@@ -11,8 +11,22 @@ from ..schema import parse_time
 from .pgschema import ensure_partitions, existing_partitions, migrate
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+_DAY_US = 86_400_000_000
 
 _COLUMNS = ("id", "ts", "host_id", "dataset", "kind", "rule_id", "process_entity", "severity", "doc")
+
+# COPY's binary format (PostgreSQL docs, "COPY", Binary Format): a signature, flags and header
+# extension length, then per row a field count and each field as length + bytes (-1: NULL), then
+# -1. No escaping: a document goes as it came, whatever bytes its strings hold.
+COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+COPY_TRAILER = b"\xff\xff"
+_FIELDS = len(_COLUMNS).to_bytes(2, "big")
+_NULL = b"\xff\xff\xff\xff"
+_TS = (8).to_bytes(4, "big")  # timestamptz: int64 microseconds since 2000-01-01
+_PG_EPOCH_US = 946_684_800_000_000
+_INT4 = (4).to_bytes(4, "big")
+_JSONB_V1 = b"\x01"  # jsonb's binary form: a version byte, then the JSON text
 
 
 class PostgresError(SensorError):
@@ -39,29 +53,61 @@ def pg_connect(dsn: str):
 
 
 def decode(data: bytes):
-    """A message as an `events` row, or None when it is no event (counted as bad)."""
+    """A message as an `events` row, or None when it is no event (counted as bad). A row is
+    (id, ts in µs since 1970, host_id, dataset, kind, rule_id, process_entity, severity, the
+    document, the row in COPY's binary format up to the document's bytes)."""
     try:
         # jsonb refuses \u0000; orjson writes a NUL that way, so it is stored as the schema's \x00
         if b"\\u0000" in data:
             data = data.replace(b"\\u0000", b"\\\\x00")
-        doc = orjson.loads(data)
+        doc = orjson.loads(data)  # also the check that PostgreSQL's jsonb will take it
         ev = doc["event"]
         ts = _timestamp(doc["@timestamp"])
         host = doc.get("host") or {}
         rule, process = doc.get("rule") or {}, doc.get("process") or {}
         severity = ev.get("severity")
-        return (str(ev["id"]), ts, str(host.get("id") or ""), str(ev.get("dataset") or ""),
-                str(ev.get("kind") or "event"), rule.get("id"), process.get("entity_id"),
-                severity if isinstance(severity, int) else None, data.decode()), doc
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+        if type(severity) is not int or not -2**31 <= severity < 2**31:
+            severity = None
+        row = (str(ev["id"]), ts, str(host.get("id") or ""), str(ev.get("dataset") or ""),
+               str(ev.get("kind") or "event"), _text(rule.get("id")), _text(process.get("entity_id")), severity, data)
+        head = b"".join((_FIELDS, _field(row[0]), _TS, (ts - _PG_EPOCH_US).to_bytes(8, "big", signed=True),
+                         _field(row[2]), _field(row[3]), _field(row[4]), _field(row[5]), _field(row[6]),
+                         _NULL if severity is None else _INT4 + severity.to_bytes(4, "big", signed=True),
+                         (len(data) + 1).to_bytes(4, "big"), _JSONB_V1))
+        return row + (head,), doc
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError):
         return None
 
 
-def _timestamp(value: str) -> datetime:
-    """@timestamp to microseconds; the sensor's own form (2026-11-24T23:38:01.123456789Z) quickly."""
+def _text(value) -> str | None:
+    return value if value is None or type(value) is str else str(value)
+
+
+def _field(value: str | None) -> bytes:
+    if value is None:
+        return _NULL
+    b = value.encode()  # a lone surrogate raises: no event
+    return len(b).to_bytes(4, "big") + b
+
+
+def copy_data(rows) -> list[bytes]:
+    """decode()'s rows as the pieces of one binary COPY (joined by the caller, or written in turn)."""
+    out = [COPY_SIGNATURE]
+    for r in rows:
+        out += (r[9], r[8])
+    out.append(COPY_TRAILER)
+    return out
+
+
+def _timestamp(value: str) -> int:
+    """@timestamp in microseconds since 1970; the sensor's own form (2026-11-24T23:38:01.123456789Z) quickly."""
     if len(value) == 30 and value[19] == "." and value[29] == "Z":
-        return datetime.fromisoformat(value[:26] + "+00:00")
-    return _EPOCH + timedelta(microseconds=parse_time(value) // 1000)
+        return (datetime.fromisoformat(value[:26] + "+00:00") - _EPOCH) // _US
+    return parse_time(value) // 1000
+
+
+def when(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def health_summary(h: dict) -> dict:
@@ -103,21 +149,23 @@ class Writer:
         if self.conn is None or self.conn.closed:
             self.connect()
         conn = self.conn
+        data = b"".join(copy_data(rows))
         try:
             with conn.transaction():
-                ensure_partitions(conn, {r[1].date() for r in rows}, self.partitions)
+                ensure_partitions(conn, {when(day * _DAY_US).date() for day in {r[1] // _DAY_US for r in rows}},
+                                  self.partitions)
                 try:
                     with conn.transaction():  # a savepoint: nearly every batch holds only new events
-                        self._copy(conn, "events", rows)
+                        self._copy(conn, "events", data)
                     new = len(rows)
                 except psycopg.errors.UniqueViolation:  # a redelivery: keep what is not stored yet
-                    new = self._insert_new(conn, rows)
+                    new = self._insert_new(conn, data)
                 alerts = [r for r in rows if r[4] == "alert"]
                 if alerts:
                     conn.cursor().executemany(
                         "INSERT INTO alerts (id, ts, host_id, rule_id, rule_name, severity, process_entity, doc) "
                         "VALUES (%s, %s, %s, %s, %s::jsonb #>> '{rule,name}', %s, %s, %s) ON CONFLICT DO NOTHING",
-                        [(r[0], r[1], r[2], r[5], r[8], r[7], r[6], r[8]) for r in alerts])
+                        [(r[0], when(r[1]), r[2], r[5], r[8].decode(), r[7], r[6], r[8].decode()) for r in alerts])
                 self._hosts(conn, rows, docs)
         except Exception:
             self.partitions = set()  # a rolled-back partition may be in the cache: reread it
@@ -127,16 +175,15 @@ class Writer:
         return new
 
     @staticmethod
-    def _copy(conn, table: str, rows):
-        with conn.cursor().copy(f"COPY {table} ({', '.join(_COLUMNS)}) FROM STDIN") as copy:
-            for r in rows:
-                copy.write_row(r)
+    def _copy(conn, table: str, data: bytes):
+        with conn.cursor().copy(f"COPY {table} ({', '.join(_COLUMNS)}) FROM STDIN (FORMAT binary)") as copy:
+            copy.write(data)
 
-    def _insert_new(self, conn, rows) -> int:
+    def _insert_new(self, conn, data: bytes) -> int:
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS incoming (id text, ts timestamptz, host_id text, "
                      "dataset text, kind text, rule_id text, process_entity text, severity integer, "
                      "doc jsonb) ON COMMIT DELETE ROWS")
-        self._copy(conn, "incoming", rows)
+        self._copy(conn, "incoming", data)
         return conn.execute(f"INSERT INTO events ({', '.join(_COLUMNS)}) SELECT {', '.join(_COLUMNS)} "
                             "FROM incoming ON CONFLICT DO NOTHING").rowcount
 
@@ -160,9 +207,9 @@ class Writer:
         ups, healths = [], []
         for host_id in sorted(hosts):  # one order in every collector: no deadlock between them
             h = hosts[host_id]
-            ups.append((host_id, h["name"], h["os"], h["kernel"], h["version"], h["first"], h["last"]))
+            ups.append((host_id, h["name"], h["os"], h["kernel"], h["version"], when(h["first"]), when(h["last"])))
             if h["health"] is not None:
-                at, health = h["health"]
+                at, health = when(h["health"][0]), h["health"][1]
                 s = health_summary(health)
                 healths.append((at, s["lost"], s["queue"], s["cpu_percent"], s["rss_bytes"],
                                 orjson.dumps(health).decode(), host_id, at))
