@@ -25,6 +25,8 @@ def _sep(path: str) -> str:
 
 
 def basename(path: str) -> str:
+    if path[:1] == "/":  # POSIX, nearly always: one scan, no split list
+        return path[path.rfind("/") + 1:]
     return path.rsplit(_sep(path), 1)[-1]
 
 

@@ -339,9 +339,11 @@ class ProcessTable:
         return event
 
     def _script_written(self, r: ProcessExec) -> bool:
-        if not self.written or not r.filename:
+        name = r.filename
+        if not self.written or not name:
             return False
-        name = r.filename if r.filename.startswith(b"/") or r.cwd is None else r.cwd.rstrip(b"/") + b"/" + r.filename
+        if name[:1] != b"/" and r.cwd is not None:
+            name = r.cwd.rstrip(b"/") + b"/" + name
         if name in self.written:
             return True
         if b"/." not in name and b"//" not in name:  # already normal: normpath would not change it
