@@ -50,13 +50,13 @@ class Collector:
                     msgs = await puller.next_batch()
                     rows, docs, good, bad = self._decode(msgs)
                     while writing and (not free or writing[0][0].done()):
-                        free.append(await self._finish(nc, *writing.popleft()))
+                        free.append(await self._finish(puller, *writing.popleft()))
                     if msgs:
                         w = free.pop()
                         writing.append((asyncio.ensure_future(self._write(w, rows, docs)), w, good, bad))
             finally:
                 while writing:
-                    await self._finish(nc, *writing.popleft())
+                    await self._finish(puller, *writing.popleft())
         finally:
             try:
                 await nc.close()
@@ -124,19 +124,18 @@ class Collector:
         self.batches += 1
         return True
 
-    async def _finish(self, nc, write, writer, good, bad):
+    async def _finish(self, puller, write, writer, good, bad):
         """Waits for a batch's commit, then acks it; returns its writer, free again."""
         if not await write:
             return writer
-        for m in good:  # committed: now, and only now, acknowledged
-            await nc.publish(m[0].decode(), b"+ACK")
+        await puller.reply([m[0] for m in good], b"+ACK")  # committed: now, and only now, acknowledged
         for reply, _, subject in bad:  # never a valid event, never will be: counted, and not redelivered forever
             from nats.aio.msg import Msg
 
             self.bad += 1
             log.warning("collect: message %s on %s is not an event, dropped",
                         Msg.Metadata._from_reply(reply.decode()).sequence.stream, subject.decode(errors="replace"))
-            await nc.publish(reply.decode(), b"+TERM")
+        await puller.reply([m[0] for m in bad], b"+TERM")
         return writer
 
     def summary(self) -> str:

@@ -62,6 +62,19 @@ class Puller:
             await self._ask()
         return out
 
+    async def reply(self, subjects: list[bytes], body: bytes):
+        """Sends `body` (+ACK, +TERM) to each of `subjects` (the messages' reply subjects) in one
+        command: the PUB lines nats-py's publish would queue one call, command and flush check each."""
+        if not subjects:
+            return
+        if self.nc.is_closed:
+            from nats.errors import ConnectionClosedError
+
+            raise ConnectionClosedError
+        tail = b" %d\r\n%b\r\n" % (len(body), body)
+        await self.nc._send_command(b"".join([b"PUB " + s + tail for s in subjects]))
+        await self.nc._flush_pending()
+
     async def _ask(self):
         if len(self._msgs) >= 2 * self.batch or not self.nc.is_connected:
             return  # storing is behind: let the stream hold the rest
