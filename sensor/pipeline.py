@@ -282,9 +282,11 @@ class Pipeline:
         try:
             while not stop.is_set():
                 ep.poll(poll)
-                # Under load, read at most every batch_interval: each read of the rings costs
-                # about as much as a few events (an exec storm woke the loop once per exec).
-                # Not while quiet: a lone short-lived process is still seen, and killed, at once.
+                # Under load, read at most every batch_interval: each wakeup costs the sensor a
+                # switch and a cold cache (an exec storm woke the loop once per exec; at 5 ms it
+                # read ~25 records a wakeup, at 50 ms ~250, for about a fifth less CPU per exec:
+                # docs/performance.md). Not while quiet: a lone short-lived process is still
+                # seen, and killed, at once.
                 now = time.monotonic()
                 if busy and now - last_drain < batch:
                     time.sleep(batch - (now - last_drain))

@@ -127,3 +127,58 @@ def test_sigkill_leaves_closed_segments_readable(start_sensor):
     seqs = [e["event"]["sequence"] for e in later]
     assert seqs == sorted(seqs)
     assert len(set(seqs)) == len(seqs)
+
+
+def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path):
+    """Quiet, a record is read as soon as the kernel has it; under load, at most every
+    batch_interval (each read costs a wakeup and a cold cache), and nothing is missed."""
+    import threading
+
+    from sensor.config import defaults
+    from sensor.pipeline import Pipeline
+
+    cfg = defaults()
+    cfg["data_dir"] = str(tmp_path / "data")
+    cfg["batch_interval"] = 0.5  # far from poll_interval (0.1 s), so the two cannot be confused
+    for key in ("files.enabled", "network.enabled", "security.enabled", "metrics.enabled",
+                "inventory.processes", "services.enabled", "logins.enabled"):
+        cfg[key] = False
+    p = Pipeline(cfg).start()
+    reads: list[tuple[float, int]] = []  # (monotonic time, records) of each read with records
+    drain = p._drain
+
+    def counted(timers=True):
+        n = drain(timers)
+        if n:
+            reads.append((time.monotonic(), n))
+        return n
+    p._drain = counted
+    execs = []
+    p.sinks.append(lambda e: execs.append(e) if e["event"].get("action") == "exec"
+                   and e["process"].get("args") == ["/bin/true"] else None)
+    stop = threading.Event()
+    loop = threading.Thread(target=p.run, args=(stop,))
+    loop.start()
+    try:
+        time.sleep(0.5)  # quiet
+        t0 = time.monotonic()
+        subprocess.run(["/bin/true"], check=True)
+        wait_for(lambda: execs, what="the lone exec read")
+        first = min(t for t, _ in reads if t > t0)
+        assert first - t0 < 0.25, f"a lone exec waited {first - t0:.3f} s for its read"
+
+        time.sleep(0.5)
+        n = 3000
+        start = time.monotonic()
+        subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"], check=True)
+        end = time.monotonic()
+        wait_for(lambda: len(execs) == n + 1, what=f"{n} execs read, {len(execs) - 1} so far")
+        # past the first poll window (0.1 s, when the loop sees the load), reads come at most
+        # every 0.5 s; without batching, a storm is read a few records at a time
+        during = [t for t, _ in reads if start + 0.3 < t <= end]
+        assert end - start > 1.0, "the storm was too short to show batching"
+        assert len(during) <= (end - start) / 0.5 + 2, f"{len(during)} reads in {end - start:.2f} s of storm"
+    finally:
+        stop.set()
+        loop.join(30)
+    assert not loop.is_alive()
