@@ -190,6 +190,47 @@ def test_bad_messages_and_repeats_in_one_batch(tmp_path, nats, dsn, collectors):
     assert collector.output().count("is not an event, dropped") == 2
 
 
+def test_hostile_documents_stored_byte_for_byte_and_repeats_once(dsn):
+    """The collector's binary COPY: strings holding what COPY's text format escapes (tab, newline,
+    CR, backslash, \\N, \\.), control characters, non-ASCII, NUL and raw whitespace between
+    tokens reach the columns and the document unchanged (NUL as the schema's \\x00); a batch
+    written again stores nothing twice, and its new events still go in."""
+    import orjson
+
+    from sensor.fleet.pgwrite import Writer, decode
+
+    hostile = "a\tb\nc\rd\\e \\N \\. \\t \x01\x1f\x7f \"q\" é 中 😀 \u202e end"
+    events = [{"@timestamp": f"2026-11-24T23:38:0{i}.123456789Z",
+               "event": {"id": f"{hostile}-{i}", "dataset": f"process\t{i}", "kind": "alert", "severity": 73},
+               "host": {"id": "host\n1", "name": hostile}, "rule": {"id": f"rule\\{i}", "name": hostile},
+               "process": {"entity_id": f"\\.{i}", "args": [hostile, "\x00nul"]}} for i in range(3)]
+    odd = {"@timestamp": "2026-11-25T00:00:00Z", "event": {"id": 7, "severity": 2**40},
+           "host": {"id": "h2"}, "rule": {"id": 5}}  # a number as id and rule id, a severity no integer column holds
+    spaced = orjson.dumps(events[0]).replace(b'{"', b'{ \t\r\n"').replace(b'":', b'"\n:\t')
+    assert orjson.loads(spaced) == events[0]
+
+    def rows(docs):
+        decoded = [decode(d) for d in docs]
+        return [r for r, _ in decoded], [doc for _, doc in decoded]
+
+    writer = Writer(dsn)
+    try:
+        assert writer.write(*rows([spaced] + [orjson.dumps(e) for e in events[1:]] + [orjson.dumps(odd)])) == 4
+        assert writer.write(*rows([orjson.dumps(events[0]), orjson.dumps(dict(odd, event={"id": 8}))])) == 1
+    finally:
+        writer.close()
+    assert (writer.stored, writer.duplicates) == (5, 1)
+    got = {r[0]: r[1:] for r in query(dsn, "SELECT id, host_id, dataset, kind, rule_id, process_entity, severity, "
+                                           "doc FROM events")}
+    for i, ev in enumerate(events):
+        stored = dict(ev, process=dict(ev["process"], args=[hostile, "\\x00nul"]))
+        assert got[ev["event"]["id"]] == ("host\n1", f"process\t{i}", "alert", f"rule\\{i}", f"\\.{i}", 73, stored)
+    assert got["7"][:6] == ("h2", "", "event", "5", None, None) and got["7"][6] == odd
+    assert sorted(got) == sorted([e["event"]["id"] for e in events] + ["7", "8"])
+    assert query(dsn, "SELECT id, rule_name FROM alerts ORDER BY id") == [(e["event"]["id"], hostile) for e in events]
+    assert query(dsn, "SELECT name FROM hosts WHERE id = %s", "host\n1") == [(hostile,)]
+
+
 def one_line_error(proc) -> str:
     """The one `sensor: error:` line, last, with no traceback (progress log lines may precede it)."""
     lines = proc.stderr.strip().splitlines()
