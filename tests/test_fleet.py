@@ -312,3 +312,17 @@ def test_events_follow_prints_what_collectors_commit(tmp_path, nats, dsn, collec
         sink.close(5)
     assert [json.loads(line)["event"]["id"] for line in out.read_text().splitlines()] == first + second
     assert collector.stop() == 0
+
+
+def test_the_nats_py_internals_the_collector_relies_on_are_as_expected():
+    """sensor/fleet/pull.py takes the inbox's messages from nats-py's parser and sends a batch's
+    acks as one command: three private methods, checked here so an upgrade fails plainly."""
+    import inspect
+
+    from nats.aio.client import Client
+
+    def params(name):
+        return list(inspect.signature(getattr(Client, name)).parameters)
+    assert params("_process_msg") == ["self", "sid", "subject", "reply", "data", "headers"]
+    assert params("_send_command")[:2] == ["self", "cmd"]
+    assert params("_flush_pending")[0] == "self"
