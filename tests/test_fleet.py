@@ -315,8 +315,8 @@ def test_events_follow_prints_what_collectors_commit(tmp_path, nats, dsn, collec
 
 
 def test_the_nats_py_internals_the_collector_relies_on_are_as_expected():
-    """sensor/fleet/pull.py takes the inbox's messages from nats-py's parser and sends a batch's
-    acks as one command: three private methods, checked here so an upgrade fails plainly."""
+    """sensor/fleet/rawnats.py takes messages from nats-py's parser and sends many protocol
+    lines as one command: private methods and fields, checked here so an upgrade fails plainly."""
     import inspect
 
     from nats.aio.client import Client
@@ -326,3 +326,23 @@ def test_the_nats_py_internals_the_collector_relies_on_are_as_expected():
     assert params("_process_msg") == ["self", "sid", "subject", "reply", "data", "headers"]
     assert params("_send_command")[:2] == ["self", "cmd"]
     assert params("_flush_pending")[0] == "self"
+    client = Client()
+    assert isinstance(client._max_pending_size, int) and isinstance(client._pending_data_size, int)
+
+
+def test_an_event_over_the_servers_max_payload_is_dropped_and_counted_not_a_stall(tmp_path, nats):
+    """The server closes a connection that sends a message over its max_payload (1 MiB by
+    default): such an event is refused before it is sent, counted, and the rest flow on."""
+    from sensor.host import Host
+    from sensor.schema import Stamper
+
+    sink = NatsSink(BrokerOptions.parse(nats.url), tmp_path / "outbox")
+    before = produce(sink, 50)
+    big = Stamper(Host()).stamp({"event": {"dataset": "process", "action": "exec", "category": ["process"]},
+                                 "process": {"pid": 1, "command_line": "x" * (2 << 20)}})
+    sink.write(big)
+    after = produce(sink, 50)
+    wait_for(lambda: sink.sent == 100 and sink.refused == 1, 30, 0.05, "the small events sent, the big one counted")
+    sink.close(10)
+    assert sink.stats()["queued"] == 0 and sink.stats()["refused"] == 1
+    assert stream_ids(nats.url) == before + after

@@ -2,10 +2,9 @@
 subscription, the next request sent while the previous batch is being stored.
 
 nats-py's `fetch` waits on each message with its own timer and task (about a third of a
-collector's CPU); here the messages land in a list and one wake-up takes a whole batch. Even a
-plain subscription costs a `Msg`, its parsed headers (every stored message has Nats-Msg-Id) and a
-trip through the subscription's queue and task per message: the inbox's messages are taken
-from the protocol parser as (reply, data, subject) instead, before any of that."""
+collector's CPU); here the messages land in a list and one wake-up takes a whole batch. They
+are taken from nats-py's protocol parser as bytes (sensor.fleet.rawnats), and a batch's acks go
+as one command."""
 from __future__ import annotations
 
 import asyncio
@@ -13,6 +12,8 @@ import logging
 import time
 
 import orjson
+
+from . import rawnats
 
 log = logging.getLogger("sensor.fleet.pull")
 
@@ -35,15 +36,7 @@ class Puller:
         self._full = asyncio.Event()
 
     async def start(self):
-        sub = await self.nc.subscribe(self.inbox)
-        deliver = self.nc._process_msg  # nats-py's parser hands it every message: take ours first
-
-        async def process_msg(sid, subject, reply, data, headers):
-            if sid != sub._id:
-                return await deliver(sid, subject, reply, data, headers)
-            await self._take(reply, data, subject, headers)
-
-        self.nc._process_msg = process_msg
+        rawnats.intercept(self.nc, await self.nc.subscribe(self.inbox), self._take)
         await self._ask()
 
     async def next_batch(self) -> list:
@@ -64,16 +57,10 @@ class Puller:
 
     async def reply(self, subjects: list[bytes], body: bytes):
         """Sends `body` (+ACK, +TERM) to each of `subjects` (the messages' reply subjects) in one
-        command: the PUB lines nats-py's publish would queue one call, command and flush check each."""
-        if not subjects:
-            return
-        if self.nc.is_closed:
-            from nats.errors import ConnectionClosedError
-
-            raise ConnectionClosedError
-        tail = b" %d\r\n%b\r\n" % (len(body), body)
-        await self.nc._send_command(b"".join([b"PUB " + s + tail for s in subjects]))
-        await self.nc._flush_pending()
+        command, not one publish each."""
+        if subjects:
+            tail = b" %d\r\n%b\r\n" % (len(body), body)
+            await rawnats.send(self.nc, b"".join([b"PUB " + s + tail for s in subjects]))
 
     async def _ask(self):
         if len(self._msgs) >= 2 * self.batch or not self.nc.is_connected:
@@ -85,17 +72,16 @@ class Puller:
             self._open = 0
             log.debug("pull request: %s", exc)
 
-    async def _take(self, reply: bytes, data: bytes, subject: bytes, headers):
-        # a status comes with no data, and its code in the header's first line: NATS/1.0 408 Request Timeout
-        if not data and headers and headers[8:9] == b" ":
-            status = headers[9:12]
+    async def _take(self, subject: bytes, reply: bytes, data: bytes, headers):
+        status = rawnats.status(data, headers)
+        if status:
             if status == b"100":  # a heartbeat
                 return
             self._open = 0
             if status in (b"404", b"408"):  # expired, nothing came: ask again at once
                 await self._ask()
             else:  # 409: e.g. a leader change; next_batch asks again, LINGER later
-                log.debug("pull request ended: %s", headers.split(b"\r\n", 1)[0].decode(errors="replace"))
+                log.debug("pull request ended: %s %s", status.decode(), rawnats.description(headers))
             return
         self._msgs.append((reply, data, subject))
         self._open -= 1
