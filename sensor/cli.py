@@ -195,15 +195,19 @@ def cmd_run(args) -> int:
         if args.backend == "psutil":
             cfg["network.enabled"] = cfg["security.enabled"] = False
     logging.basicConfig(level=cfg["log_level"].upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from .backend import system
     from .pipeline import Pipeline
 
+    if cfg["priority_boost"] > 0:  # first: every thread the pipeline starts inherits it
+        try:
+            system.boost_priority(cfg["priority_boost"])
+        except (OSError, ValueError) as exc:  # not root, or no CAP_SYS_NICE: runs as it is
+            logging.getLogger("sensor").warning("priority_boost %d not applied: %s", cfg["priority_boost"], exc)
     pipeline = Pipeline(cfg).start()
     from .learn.labels import record_run
 
     record_run(cfg)  # label and config, for `sensor dataset export --from-store`
     stop, _ = stop_on((signal.SIGTERM, signal.SIGINT))
-    from .backend import system
-
     if system.RELOAD_SIGNAL is not None:  # SIGHUP (systemctl reload): rules and response policies
         from .reload import Reloader
 

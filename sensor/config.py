@@ -19,6 +19,7 @@ OPTIONS: dict[str, tuple] = {
     "health_interval": (float, 10.0, "seconds between sensor.health events"),
     "poll_interval": (float, 0.1, "longest wait for kernel events before reading anyway"),
     "batch_interval": (float, 0.05, "under load (over 1,500 records/s), read the kernel buffers at most this often (seconds): fewer wakeups, this much more latency at most"),
+    "priority_boost": (int, 4, "at start, raise the sensor's scheduling priority by this much (Linux: nice -N; Windows: above normal), as auditd's priority_boost does: under load it is preempted less, costs less per event and keeps up; 0 leaves it"),
     "console": (str, "auto", "live summary on the terminal: auto (when a TTY), on, off"),
     "log_level": (str, "info", "debug, info, warning or error"),
     "label": (str, None, "dataset label of this recording, on every stored event as labels.run: normal or attack:NAME (see `sensor label`, `sensor dataset export --from-store`)"),

@@ -5,11 +5,12 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import zstandard
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
 
 
 def bpf_map_ids(pid: int) -> set[int]:
@@ -182,3 +183,23 @@ def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path):
         stop.set()
         loop.join(30)
     assert not loop.is_alive()
+
+
+def _nice(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[16])
+
+
+def test_the_sensor_raises_its_priority_as_configured(start_sensor):
+    """priority_boost (4, as auditd's): preempted less under load; 0 leaves the nice value."""
+    boosted = start_sensor("--no-files-enabled", "--no-network-enabled", "--no-security-enabled")
+    plain = start_sensor("--priority-boost", "0", "--no-files-enabled", "--no-network-enabled",
+                         "--no-security-enabled")
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    assert _nice(boosted.pid) == max(-20, mine - 4)
+    assert _nice(plain.pid) == mine
+    for tid in os.listdir(f"/proc/{boosted.pid}/task"):  # threads started later inherit it
+        assert _nice(int(tid)) == max(-20, mine - 4)
+    bad = subprocess.run([sys.executable, "-m", "sensor", "run", "--priority-boost", "-1", "--duration", "1"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "--priority-boost: must not be negative" in bad.stderr

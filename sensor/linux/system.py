@@ -98,6 +98,12 @@ def process_ids(p) -> tuple:
     return uids.real, uids.effective, gids.real, gids.effective, ()
 
 
+def boost_priority(n: int) -> None:
+    """Lowers this thread's nice value by n (threads started later inherit it); PermissionError
+    without CAP_SYS_NICE."""
+    os.setpriority(os.PRIO_PROCESS, 0, max(-20, os.getpriority(os.PRIO_PROCESS, 0) - n))
+
+
 def lock(fd, wait: bool = True):
     """An exclusive advisory lock on an open file, dropped by the kernel when its holder dies;
     OSError when another holds it and `wait` is false."""

@@ -130,6 +130,14 @@ def process_ids(p) -> tuple:
     return seed_ids({"username": p.username()})
 
 
+def boost_priority(n: int) -> None:
+    """The process's priority class to above normal (Windows has classes, not nice steps)."""
+    import psutil
+
+    if n > 0:
+        psutil.Process().nice(getattr(psutil, "ABOVE_NORMAL_PRIORITY_CLASS", 0x8000))
+
+
 def lock(fd, wait: bool = True):
     """An exclusive lock on one byte past the data (msvcrt.locking is mandatory locking: a locked
     byte inside the file would fail other readers); dropped when the handle closes. OSError when
