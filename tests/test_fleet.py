@@ -328,6 +328,9 @@ def test_the_nats_py_internals_the_collector_relies_on_are_as_expected():
     assert params("_flush_pending")[0] == "self"
     client = Client()
     assert isinstance(client._max_pending_size, int) and isinstance(client._pending_data_size, int)
+    from nats.aio.msg import Msg  # a bad message's stream sequence, for the collector's warning
+
+    assert Msg.Metadata._from_reply("$JS.ACK.SENSOR.collect.1.42.7.1700000000000000000.0").sequence.stream == 42
 
 
 def test_an_event_over_the_servers_max_payload_is_dropped_and_counted_not_a_stall(tmp_path, nats):
