@@ -111,7 +111,7 @@ class Stamper:
         ev["id"] = "%s-%x" % (self._boot, seq)
         if "kind" not in ev:
             ev["kind"] = "event"
-        event["@timestamp"] = rfc3339(time.time_ns() if boot_ns is None else boot_ns + self.host.boot_offset_ns)
+        event["@timestamp"] = rfc3339(time.time_ns() if boot_ns is None else self.host.unix_ns(boot_ns))
         # the host's identity, beside what a source put under host (host.metrics)
         event["host"] = {**event["host"], **self.host.ecs} if "host" in event else self.host.ecs
         event["agent"] = self._agent

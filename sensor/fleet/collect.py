@@ -126,12 +126,12 @@ class Collector:
 
     async def _finish(self, puller, write, writer, good, bad):
         """Waits for a batch's commit, then acks it; returns its writer, free again."""
+        from nats.aio.msg import Msg  # a bad message's stream sequence, from its reply subject
+
         if not await write:
             return writer
         await puller.reply([m[0] for m in good], b"+ACK")  # committed: now, and only now, acknowledged
         for reply, _, subject in bad:  # never a valid event, never will be: counted, and not redelivered forever
-            from nats.aio.msg import Msg
-
             self.bad += 1
             log.warning("collect: message %s on %s is not an event, dropped",
                         Msg.Metadata._from_reply(reply.decode()).sequence.stream, subject.decode(errors="replace"))
