@@ -133,6 +133,7 @@ def test_sigkill_leaves_closed_segments_readable(start_sensor):
 def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path):
     """Quiet, a record is read as soon as the kernel has it; under load, at most every
     batch_interval (each read costs a wakeup and a cold cache), and nothing is missed."""
+    import gc
     import threading
 
     from sensor.config import defaults
@@ -182,6 +183,7 @@ def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path):
     finally:
         stop.set()
         loop.join(30)
+        gc.unfreeze()  # Pipeline.start froze this test process's heap: give it back to the collector
     assert not loop.is_alive()
 
 
