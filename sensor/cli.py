@@ -224,6 +224,7 @@ def cmd_run(args) -> int:
             pipeline.run(stop, cfg["duration"])
     else:
         pipeline.run(stop, cfg["duration"], on_health=_print_health)
+    stop.ignore_the_rest()
     h = pipeline.health()
     lost = sum(s["lost_kernel"] + s["lost_user"] for s in h["sources"].values())
     print(f"sensor: stopped; {pipeline.store.written:,} events stored, {lost:,} lost in the sensor,"

@@ -11,8 +11,9 @@ import signal
 
 
 class StopFlag:
-    def __init__(self):
+    def __init__(self, signals: tuple[int, ...] = ()):
         self._set = False
+        self.signals = signals
 
     def set(self):
         self._set = True
@@ -20,10 +21,19 @@ class StopFlag:
     def is_set(self) -> bool:
         return self._set
 
+    def ignore_the_rest(self):
+        """Once stopped by a signal, the stop signals stay ignored through the exit: the
+        interpreter's exit restores their default action, and one more of a burst arriving
+        then ended a process whose work was done by that signal (seen: exit -2 after
+        'stopped; N events stored')."""
+        if self._set:
+            for s in self.signals:
+                signal.signal(s, signal.SIG_IGN)
+
 
 def stop_on(signals: tuple[int, ...]) -> tuple[StopFlag, dict]:
     """A StopFlag that the first of these signals sets; returns it and the handlers it replaced."""
-    stop = StopFlag()
+    stop = StopFlag(signals)
 
     def handler(signum, frame):
         # Only the flag: re-registering SIG_IGN here ran signal.signal()'s Python wrapper, where

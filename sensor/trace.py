@@ -419,8 +419,10 @@ def run(opts: TraceOptions) -> int:
             raise
         code = session.run(stop)
     finally:
-        for sig, h in handlers.items():
-            signal.signal(sig, h)
+        if not stop.is_set():  # else the rest of a burst stays ignored through the exit
+            for sig, h in handlers.items():
+                signal.signal(sig, h)
+        stop.ignore_the_rest()
     lost = session.lost()
     print(f"sensor trace: {session.writer.rows:,} syscalls captured, {lost:,} lost, in {opts.out}",
           file=sys.stderr)
