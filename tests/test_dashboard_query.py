@@ -16,19 +16,30 @@ def query(data_dir, sql, *flags):
 
 def test_query_reads_closed_and_open_segments(start_sensor, tmp_path):
     marker = f"q-{uuid.uuid4().hex[:8]}"
-    # tiny segments: the first exec lands in a compressed segment, later ones in the open one
-    s = start_sensor("--rules", "none", "--store-segment-bytes", "4KiB")
-    subprocess.run(["/bin/echo", marker, "one"], stdout=subprocess.DEVNULL, check=True)
-    subprocess.run(["/bin/echo", marker, "two"], stdout=subprocess.DEVNULL, check=True)
+    # a segment a second: the first exec lands in a compressed segment, the second in the open one
+    # (rotating by age: tiny segments by size made a loaded sensor rotate, compress and fsync
+    # every few events, and fall behind)
+    s = start_sensor("--rules", "none", "--store-segment-seconds", "1")
+    events = s.data_dir / "events"
+
+    def closed() -> int:
+        return sum(p.name.endswith(".zst") for p in events.iterdir()) if events.exists() else 0
+
     # the marker split in two: each query's own command line (which the sensor records) never matches
     like, like_one = f"'%{marker[:4]}' || '{marker[4:]}%'", f"'%{marker[:4]}' || '{marker[4:]} one%'"
     count = f"""SELECT count(*) FROM events WHERE "process.command_line" LIKE {like} AND "event.action" = 'exec'"""
+
+    def seen() -> list[str]:
+        return query(s.data_dir, count, "--format", "csv").stdout.splitlines()[1:]
+
+    subprocess.run(["/bin/echo", marker, "one"], stdout=subprocess.DEVNULL, check=True)
+    wait_for(lambda: seen() == ["1"], timeout=30, what="the first exec in the view")
+    before = closed()
+    wait_for(lambda: closed() >= before + 2, timeout=30, what="the segment holding the first exec to close")
+    subprocess.run(["/bin/echo", marker, "two"], stdout=subprocess.DEVNULL, check=True)
     # while the sensor runs: closed .zst segments and the open plain one, whose last line may be cut
-    wait_for(lambda: query(s.data_dir, count, "--format", "csv").stdout.splitlines()[1:] == ["2"],
-             timeout=20, what="both execs in the view")
+    wait_for(lambda: seen() == ["2"], timeout=30, what="both execs in the view")
     s.stop()
-    names = [p.name for p in (s.data_dir / "events").iterdir()]
-    assert any(n.endswith(".zst") for n in names)
     r = query(s.data_dir, f"""SELECT "process.args", "process.executable", "event.action", "@timestamp"
                                FROM events WHERE "process.command_line" LIKE {like} AND "event.action" = 'exec' ORDER BY "@timestamp" """,
               "--format", "json")
