@@ -55,7 +55,9 @@ def test_config_file_then_flags_override(tmp_path):
 
 
 def test_events_where_since_across_compressed_and_open_segments(start_sensor):
-    s = start_sensor("--store-segment-bytes", "8KiB", "--store-flush-interval", "0.2")
+    # rotating every second (tiny segments by size made a loaded sensor compress and fsync every
+    # few events, and fall behind)
+    s = start_sensor("--store-segment-seconds", "1", "--store-flush-interval", "0.2")
     subprocess.run(["/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do /bin/true; done"])
     marker = "cli-marker-7f3a"
     subprocess.run(["/bin/echo", marker], stdout=subprocess.DEVNULL)
