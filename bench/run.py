@@ -167,20 +167,22 @@ def bench_storm(n: int, rounds: int, tmp: Path) -> dict:
     if shutil.which("bpftrace"):
         tools["bpftrace, printf per exec"] = lambda r: bpftrace_round(tmp, f"bpftrace{r}", n)
     storm(200)  # warm the page cache
-    bare, runs = [], {name: [] for name in tools}
+    bare, runs = {name: [] for name in tools}, {name: [] for name in tools}
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     was = stats.read_text().strip()
     stats.write_text("1")  # the programs' run time (a few ns a run more); put back however the run ends
     try:
         for r in range(rounds):
-            bare.append(storm(n)[0])
             for name, run in tools.items():
+                # each tool's storm against a bare one just before it: the machine's speed drifts
+                # within a round (a bare storm took 2.3 s, then 3.3 s, then 2.3 s again)
+                bare[name].append(storm(n)[0])
                 runs[name].append(run(r))
     finally:
         stats.write_text(was)
-    out = {"execs": n, "rounds": rounds, "bare_s": bare, "tools": {}}
+    out = {"execs": n, "rounds": rounds, "bare_s": [b for bs in bare.values() for b in bs], "tools": {}}
     for name, rs in runs.items():
-        ratios = [x["wall"] / b for x, b in zip(rs, bare)]
+        ratios = [x["wall"] / b for x, b in zip(rs, bare[name])]
         out["tools"][name] = {
             "wall_s": [x["wall"] for x in rs], "ratio_median": statistics.median(ratios),
             "cpu_s": [x["cpu"] for x in rs], "cpu_us_per_exec": 1e6 * statistics.median(x["cpu"] for x in rs) / n,
@@ -238,12 +240,12 @@ Measured by bench/run.py on {res['machine']}, {res['date']}.
 
 ### Exec storm
 
-A shell forks and execs `/bin/true` {s['execs']:,} times; {s['rounds']} rounds, each running bare and under
-every tool in turn, so all see the same machine load; the slowdown is the median of the rounds'
-ratios. CPU is the tool's own (utime + stime of the sensor, auditd or bpftrace process) during the
-storm, per exec: one fork, one exec and one exit, each a stored event for the sensor, with argv,
-entity, executable hash checks and rules evaluated. auditd writes one record set per execve, bpftrace
-one line.
+A shell forks and execs `/bin/true` {s['execs']:,} times; {s['rounds']} rounds, each running every tool in
+turn, each tool's storm right after a bare one, so both see the same machine load; the slowdown
+is the median of the rounds' ratios of the two. CPU is the tool's own (utime + stime of the
+sensor, auditd or bpftrace process) during the storm, per exec: one fork, one exec and one exit,
+each a stored event for the sensor, with argv, entity, executable hash checks and rules
+evaluated. auditd writes one record set per execve, bpftrace one line.
 
 | tool | wall s (median) | slowdown (median) | CPU µs per exec (median) | execs captured per round | lost |
 | --- | --- | --- | --- | --- | --- |
