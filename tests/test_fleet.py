@@ -231,34 +231,6 @@ def test_hostile_documents_stored_byte_for_byte_and_repeats_once(dsn):
     assert query(dsn, "SELECT name FROM hosts WHERE id = %s", "host\n1") == [(hostile,)]
 
 
-def test_documents_over_the_toast_threshold_are_compressed_with_lz4(dsn):
-    """Migration 2: a document past PostgreSQL's ~2 KB TOAST threshold (a quarter of a real
-    sensor's) is compressed with lz4, not pglz, in every day partition, the ones made after the
-    migration too, and in alerts; it reads back unchanged."""
-    import orjson
-
-    from sensor.fleet.pgwrite import Writer, decode
-
-    args = [f"--option-{i}=/usr/lib/x86_64-linux-gnu/some/long/path/{i}" for i in range(60)]
-    events = [{"@timestamp": f"2026-11-{day}T10:00:00.000000001Z",
-               "event": {"id": f"big-{day}", "dataset": "process", "kind": kind},
-               "host": {"id": "h1"}, "rule": {"id": "r"} if kind == "alert" else None,
-               "process": {"args": args, "command_line": " ".join(args)}}
-              for day, kind in (("24", "event"), ("25", "alert"))]
-    assert all(len(orjson.dumps(e)) > 4000 for e in events)
-    writer = Writer(dsn)
-    try:
-        decoded = [decode(orjson.dumps(e)) for e in events]
-        assert writer.write([r for r, _ in decoded], [d for _, d in decoded]) == 2
-    finally:
-        writer.close()
-    assert query(dsn, "SELECT max(version) FROM schema_migrations") == [(2,)]
-    assert query(dsn, "SELECT tableoid::regclass::text, pg_column_compression(doc) FROM events ORDER BY id") == [
-        ("events_20261124", "lz4"), ("events_20261125", "lz4")]
-    assert query(dsn, "SELECT pg_column_compression(doc) FROM alerts") == [("lz4",)]
-    assert [d for (d,) in query(dsn, "SELECT doc FROM events ORDER BY id")] == events
-
-
 def one_line_error(proc) -> str:
     """The one `sensor: error:` line, last, with no traceback (progress log lines may precede it)."""
     lines = proc.stderr.strip().splitlines()

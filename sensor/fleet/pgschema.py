@@ -62,22 +62,6 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             health      jsonb
         );
     """),
-    # A quarter of the documents outgrow a page's TOAST threshold (~2 KB) and were compressed
-    # with pglz, the default: lz4 takes about a sixth off PostgreSQL's CPU per event stored, at
-    # the same size on disk (docs/fleet.md). Partitions made later inherit it. A server too old
-    # for column compression (< 14) or built without lz4 keeps pglz: dynamic SQL, so the block
-    # still parses there.
-    (2, "documents compressed with lz4", """
-        DO $$
-        BEGIN
-            IF current_setting('server_version_num')::int >= 140000 THEN
-                EXECUTE 'ALTER TABLE events ALTER COLUMN doc SET COMPRESSION lz4';
-                EXECUTE 'ALTER TABLE alerts ALTER COLUMN doc SET COMPRESSION lz4';
-            END IF;
-        EXCEPTION WHEN feature_not_supported THEN
-            RAISE NOTICE 'lz4 not available: documents stay compressed with pglz';
-        END $$;
-    """),
 ]
 
 _LOCK = 0x73656E736F72  # "sensor": serializes migrations and partition creation across collectors
