@@ -184,7 +184,7 @@ def bench_storm(n: int, rounds: int, tmp: Path) -> dict:
     for name, rs in runs.items():
         ratios = [x["wall"] / b for x, b in zip(rs, bare[name])]
         out["tools"][name] = {
-            "wall_s": [x["wall"] for x in rs], "ratio_median": statistics.median(ratios),
+            "wall_s": [x["wall"] for x in rs], "bare_s": bare[name], "ratio_median": statistics.median(ratios),
             "cpu_s": [x["cpu"] for x in rs], "cpu_us_per_exec": 1e6 * statistics.median(x["cpu"] for x in rs) / n,
             "captured": [x["captured"] for x in rs], "lost": [x.get("lost", 0) for x in rs],
             **({"peak_rss_bytes": max(x["rss"] for x in rs)} if "rss" in rs[0] else {}),
