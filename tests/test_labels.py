@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, wait_for
-from sensor.schema import parse_time
+from sensor.schema import parse_time, rfc3339
 
 
 def sensor(*args, check=True):
@@ -54,8 +54,9 @@ def test_labelled_run_exported_per_dataset(start_sensor, tmp_path, watched):
     # a window around the connect, later in the run than the exec: labelled normal by the window
     connect = s.events(event__action="connect", destination__port=port)[0]
     t = parse_time(connect["@timestamp"])
-    sensor("label", "add", "--data-dir", str(data), "--from", str((t - 1000) / 1e9), "--to", str((t + 1000) / 1e9),
-           "normal")
+    # RFC 3339 to the nanosecond: Unix seconds as a float lose up to ~250 ns here, and a bound
+    # that fell into the connect's microsecond missed it (export compares at microseconds)
+    sensor("label", "add", "--data-dir", str(data), "--from", rfc3339(t - 1000), "--to", rfc3339(t + 1000), "normal")
     assert s.stop() == 0
 
     events = s.events()
