@@ -237,7 +237,7 @@ def test_a_process_that_starts_grows_and_exits(start_sensor):
     s = start_sensor("--inventory-interval", "0.3", "--inventory-memory-threshold", "32MiB",
                      "--no-files-enabled", "--no-network-enabled", "--no-security-enabled", "--rules", "none")
     p = subprocess.Popen([sys.executable, "-c", GROWER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    time.sleep(0.8)  # in the inventory's baseline before it grows
+    time.sleep(1.5)  # in the inventory's baseline before it grows (5 scans, room for a loaded machine)
     p.stdin.write("go\n")
     p.stdin.flush()
     assert p.stdout.readline().strip() == "grown"

@@ -133,7 +133,7 @@ def test_retry_dedup_rate_limit_routing_and_never_blocking(http, tmp_path):
     t0 = time.monotonic()
     for i in range(50):
         slow.submit(an_alert(100 + i))
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 1.0  # one held delivery alone would take the receiver's 3 s
     slow.close(timeout=0.5)
 
 

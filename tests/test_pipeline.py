@@ -167,7 +167,8 @@ def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path):
         subprocess.run(["/bin/true"], check=True)
         wait_for(lambda: execs, what="the lone exec read")
         first = min(t for t, _ in reads if t > t0)
-        assert first - t0 < 0.25, f"a lone exec waited {first - t0:.3f} s for its read"
+        # well under batch_interval (0.5 s), with room for a loaded machine's scheduling
+        assert first - t0 < 0.4, f"a lone exec waited {first - t0:.3f} s for its read"
 
         time.sleep(0.5)
         n = 3000
