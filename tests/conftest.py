@@ -21,7 +21,7 @@ def wait_for(cond, timeout=10.0, interval=0.02, what="condition"):
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
 
 
 def bpf_programs() -> set[str]:

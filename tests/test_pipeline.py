@@ -156,26 +156,27 @@ def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path):
         return n
     p._drain = counted
     execs = []
-    p.sinks.append(lambda e: execs.append(e) if e["event"].get("action") == "exec"
-                   and e["process"].get("args") == ["/bin/true"] else None)
+    mark = ["/bin/true", "batching-test-5e1d"]  # not any other /bin/true on the host
+    p.sinks.append(lambda e: execs.append(time.monotonic()) if e["event"].get("action") == "exec"
+                   and e["process"].get("args") == mark else None)
     stop = threading.Event()
     loop = threading.Thread(target=p.run, args=(stop,))
     loop.start()
     try:
         time.sleep(0.5)  # quiet
         t0 = time.monotonic()
-        subprocess.run(["/bin/true"], check=True)
+        subprocess.run(mark, check=True)
         wait_for(lambda: execs, what="the lone exec read")
-        first = min(t for t, _ in reads if t > t0)
+        first = execs[0]
         # well under batch_interval (0.5 s), with room for a loaded machine's scheduling
         assert first - t0 < 0.4, f"a lone exec waited {first - t0:.3f} s for its read"
 
         time.sleep(0.5)
         n = 3000
         start = time.monotonic()
-        subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"], check=True)
+        subprocess.run(["/bin/sh", "-c", f"i=0; while [ $i -lt {n} ]; do {' '.join(mark)}; i=$((i+1)); done"], check=True)
         end = time.monotonic()
-        wait_for(lambda: len(execs) == n + 1, what=f"{n} execs read, {len(execs) - 1} so far")
+        wait_for(lambda: len(execs) == n + 1, what=lambda: f"{n} execs read, {len(execs) - 1} so far")
         # past the first poll window (0.1 s, when the loop sees the load), reads come at most
         # every 0.5 s; without batching, a storm is read a few records at a time
         during = [t for t, _ in reads if start + 0.3 < t <= end]
