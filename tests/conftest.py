@@ -24,6 +24,19 @@ def wait_for(cond, timeout=10.0, interval=0.02, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    """pytest removes its numbered temp dir (retention "none") but keeps the per-user one it made
+    under /tmp: remove that too when empty, so a run leaves /tmp as it found it."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    base = getattr(factory, "_basetemp", None)
+    if base is not None and getattr(factory, "_given_basetemp", None) is None:
+        try:
+            base.parent.rmdir()  # only if empty: another session's dir keeps it
+        except OSError:
+            pass
+
+
 def bpf_programs() -> set[str]:
     """Names of loaded BPF programs, from bpftool (the kernel's view, not ours)."""
     out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True, check=True)
