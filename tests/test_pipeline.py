@@ -136,9 +136,8 @@ def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path, mon
     import gc
     import threading
 
-    from sensor.config import defaults
     from sensor import pipeline
-    from sensor.pipeline import Pipeline
+    from sensor.config import defaults
 
     cfg = defaults()
     cfg["data_dir"] = str(tmp_path / "data")
@@ -148,7 +147,7 @@ def test_the_loop_reads_a_lone_exec_at_once_and_a_storm_in_batches(tmp_path, mon
     for key in ("files.enabled", "network.enabled", "security.enabled", "metrics.enabled",
                 "inventory.processes", "services.enabled", "logins.enabled"):
         cfg[key] = False
-    p = Pipeline(cfg).start()
+    p = pipeline.Pipeline(cfg).start()
     reads: list[tuple[float, int]] = []  # (monotonic time, records) of each read with records
     drain = p._drain
 
